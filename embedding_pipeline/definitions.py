@@ -1,0 +1,22 @@
+"""The code location: every domain's definitions merged, plus the shared resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from embedding_pipeline.config import load_config
+from embedding_pipeline.defs.embeddings import assets as embedding_assets
+from embedding_pipeline.defs.resources import PipelineResource
+from embedding_pipeline.defs.startup import validate_on_load
+
+
+def build_definitions() -> dg.Definitions:
+    config = load_config()
+    validate_on_load(config)
+    return dg.Definitions.merge(
+        embedding_assets.build(config),
+        dg.Definitions(resources={"pipeline": PipelineResource()}),
+    )
+
+
+defs = build_definitions()
