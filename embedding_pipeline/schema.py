@@ -71,6 +71,20 @@ _DDL = [
         forced boolean NOT NULL DEFAULT false,
         details jsonb NOT NULL DEFAULT '{{}}'
     )""",
+    # Shadow evaluation results: the cutover gate reads the latest row per (source, candidate).
+    """CREATE TABLE IF NOT EXISTS {s}.eval_reports (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        source text NOT NULL,
+        eval_set text,
+        kind text NOT NULL CHECK (kind IN ('labeled', 'unlabeled')),
+        active_space text NOT NULL,
+        candidate_space text NOT NULL,
+        metrics jsonb NOT NULL,
+        gate_passed boolean,
+        tolerance double precision,
+        report_path text
+    )""",
     """CREATE TABLE IF NOT EXISTS {s}.alerts (
         id bigserial PRIMARY KEY,
         at timestamptz NOT NULL DEFAULT now(),
