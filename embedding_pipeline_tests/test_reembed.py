@@ -1,0 +1,201 @@
+"""The re-embed engine on the real database with real models: complete, resumable, never mixed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from embedding_pipeline.errors import ProviderError
+from embedding_pipeline.providers import build_provider
+from embedding_pipeline.reembed import RunInProgress, reembed
+from embedding_pipeline.schema import ensure_schema
+from embedding_pipeline.spaces import model_version, prepare_source, space_table_name
+from embedding_pipeline_tests.sources import make_documents
+
+SPACE = "minilm-256"
+
+
+@pytest.fixture(scope="module")
+def providers():
+    cache = {}
+    yield cache
+    for p in cache.values():
+        p.close()
+
+
+@pytest.fixture
+def setup(db, config, providers):
+    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
+
+    def provider_for(name):
+        if name not in providers:
+            providers[name] = build_provider(name, cfg.space(name))
+        return providers[name]
+
+    with db.connect() as conn:
+        ensure_schema(conn, cfg.project_schema)
+        conn.commit()
+        ids = make_documents(conn, 80)
+        prepare_source(conn, cfg, "documents", provider_for, spaces=["minilm", SPACE])
+    return cfg, provider_for, ids
+
+
+def _table(cfg):
+    return sql.Identifier(cfg.project_schema, space_table_name("documents", SPACE))
+
+
+def test_complete_partition_run(db, setup):
+    """A first run embeds every eligible row, skips blanks, builds the index; a rerun does nothing."""
+    cfg, provider_for, ids = setup
+    with db.connect() as conn:
+        conn.execute("UPDATE documents SET content = '   ' WHERE id = %s", (ids[0],))
+        conn.execute("UPDATE documents SET content = NULL WHERE id = %s", (ids[1],))
+        conn.execute("UPDATE documents SET deleted_at = now() WHERE id = %s", (ids[2],))
+        conn.commit()
+    stats = reembed(db, cfg, "documents", SPACE, provider_for(SPACE), batch_size=16)
+    assert stats.embedded == 77 and stats.stored == 77 and stats.coverage == 1.0
+    assert stats.skipped == {"blank": 1, "null": 1}
+    assert stats.index_built
+    again = reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    assert again.embedded == 0 and again.deleted == 0 and again.stored == 77
+    with db.connect() as conn:
+        versions = conn.execute(sql.SQL("SELECT DISTINCT model_version FROM {}").format(_table(cfg))).fetchall()
+        dims = conn.execute(sql.SQL("SELECT vector_dims(embedding) FROM {} LIMIT 1").format(_table(cfg))).fetchone()
+    assert versions == [(model_version(SPACE, cfg.space(SPACE)),)]
+    assert dims == (256,)
+
+
+def test_edits_and_deletes_are_followed(db, setup):
+    """Edited rows are re-embedded, soft-deleted and deleted rows lose their vectors, others are untouched."""
+    cfg, provider_for, ids = setup
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    with db.connect() as conn:
+        before = dict(conn.execute(sql.SQL("SELECT source_id, embedded_at FROM {}").format(_table(cfg))).fetchall())
+        conn.execute("UPDATE documents SET content = 'A completely new text about volcanoes.' WHERE id = %s", (ids[5],))
+        conn.execute("UPDATE documents SET deleted_at = now() WHERE id = %s", (ids[6],))
+        conn.execute("DELETE FROM documents WHERE id = %s", (ids[7],))
+        conn.commit()
+    stats = reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    assert stats.embedded == 1 and stats.deleted == 2 and stats.coverage == 1.0
+    with db.connect() as conn:
+        after = dict(conn.execute(sql.SQL("SELECT source_id, embedded_at FROM {}").format(_table(cfg))).fetchall())
+    assert set(after) == set(before) - {ids[6], ids[7]}
+    assert after[ids[5]] > before[ids[5]]
+    assert all(after[i] == before[i] for i in after if i != ids[5])
+
+
+def test_database_refuses_wrong_dimension_and_wrong_version(db, setup):
+    """Mixing is refused by the table's type and CHECK constraint, not by our code."""
+    cfg, provider_for, ids = setup
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    mv = model_version(SPACE, cfg.space(SPACE))
+    with db.connect() as conn:
+        with pytest.raises(psycopg.errors.DataException, match="expected 256 dimensions"):
+            conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, '\\x00', %s::vector)").format(_table(cfg)),
+                         ("docX", mv, "[" + ",".join(["0.1"] * 384) + "]"))
+        conn.rollback()
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, '\\x00', %s::vector)").format(_table(cfg)),
+                         ("docX", "minilm@0000000000000000", "[" + ",".join(["0.1"] * 256) + "]"))
+        conn.rollback()
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(sql.SQL("UPDATE {} SET model_version = 'e5-small@x' WHERE source_id = %s").format(
+                _table(cfg)), (ids[3],))
+
+
+def test_two_runs_of_one_partition_do_not_interleave(db, setup):
+    """A second concurrent run is refused before it writes anything."""
+    cfg, provider_for, _ = setup
+    with db.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"reembed:documents:{SPACE}",))
+        with pytest.raises(RunInProgress, match="another run"):
+            reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    stats = reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    assert stats.coverage == 1.0
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from embedding_pipeline.config import load_config
+    from embedding_pipeline.db import Database
+    from embedding_pipeline.providers import build_provider
+    from embedding_pipeline.reembed import reembed
+    cfg = load_config()
+    cfg = cfg.model_copy(update={"sources": {"documents": cfg.sources["documents"]}})
+    p = build_provider("minilm-256", cfg.space("minilm-256"))
+    inner = p._embed
+    def slow(texts, query):
+        time.sleep(0.05)  # widen the window so the kill lands mid-run
+        return inner(texts, query=query)
+    p._embed = slow
+    print("ready", flush=True)
+    reembed(Database.resolve(), cfg, "documents", "minilm-256", p, batch_size=8)
+""")
+
+
+def test_kill_9_mid_run_then_resume(db, setup, config_path):
+    """kill -9 loses at most the batch in flight; the resumed run ends exact: no loss, no duplicates."""
+    cfg, provider_for, ids = setup
+    with db.connect() as conn:
+        more = [(f"extra{i:05d}", f"Extra row number {i} about tea, trains and tomatoes.") for i in range(320)]
+        conn.cursor().executemany("INSERT INTO documents (id, content) VALUES (%s, %s)", more)
+        conn.commit()
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        with db.connect(autocommit=True) as conn:
+            while True:
+                try:
+                    n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_table(cfg))).fetchone()[0]
+                except psycopg.errors.UndefinedTable:
+                    n = 0
+                if n >= 40 or proc.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with db.connect() as conn:
+        partial = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_table(cfg))).fetchone()[0]
+    assert 0 < partial < 400
+    stats = reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    assert stats.embedded == 400 - partial
+    with db.connect() as conn:
+        rows = conn.execute(sql.SQL("SELECT source_id, model_version FROM {}").format(_table(cfg))).fetchall()
+    assert len(rows) == len({r[0] for r in rows}) == 400
+    assert {r[0] for r in rows} == set(ids) | {f"extra{i:05d}" for i in range(320)}
+    assert {r[1] for r in rows} == {model_version(SPACE, cfg.space(SPACE))}
+
+
+def test_provider_error_writes_nothing_for_the_batch(db, setup):
+    """A reply of the wrong dimension mid-run stops the run; earlier batches stay, the bad one is not written."""
+    cfg, provider_for, _ = setup
+    provider = build_provider(SPACE, cfg.space(SPACE))
+    provider._model = provider_for(SPACE).model
+    inner, calls = provider._embed, []
+
+    def flaky(texts, query):
+        calls.append(len(texts))
+        out = inner(texts, query=query)
+        return out[:, :200] if len(calls) == 4 else out  # call 1 is the canary check
+
+    provider._embed = flaky
+    with pytest.raises(ProviderError, match="200-d vectors but the space is 256-d"):
+        reembed(db, cfg, "documents", SPACE, provider, batch_size=16)
+    with db.connect() as conn:
+        n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_table(cfg))).fetchone()[0]
+    assert n == 32  # batches 1 and 2 committed, batch 3 refused whole
+    provider._embed = inner
+    assert reembed(db, cfg, "documents", SPACE, provider).stored == 80

