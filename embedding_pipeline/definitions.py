@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from embedding_pipeline.config import load_config
+from embedding_pipeline.defs.backup import assets as backup_assets
 from embedding_pipeline.defs.embeddings import assets as embedding_assets
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.defs.startup import validate_on_load
@@ -14,6 +15,7 @@ def build_definitions() -> dg.Definitions:
     config = load_config()
     validate_on_load(config)
     return dg.Definitions.merge(
+        backup_assets.build(config),
         embedding_assets.build(config),
         dg.Definitions(resources={"pipeline": PipelineResource()}),
     )

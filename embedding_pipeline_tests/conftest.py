@@ -36,8 +36,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def pg_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ephome")
+def pg_home():
+    """Not under pytest's basetemp: a concurrent pytest session rotates old basetemps away."""
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="ep-test-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from embedding_pipeline.cli.common import run_command
 COMMAND_MODULES = [
     "embedding_pipeline.cli.core_commands",
     "embedding_pipeline.cli.dev_commands",
+    "embedding_pipeline.cli.backup_commands",
 ]
 
 

@@ -1,0 +1,309 @@
+"""Backup-before, verified by a restore: real pg_dump/pg_restore on the embedded server, real redis-server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from embedding_pipeline.backup import (
+    TableRef,
+    apply_retention,
+    backup_root,
+    check_backup_fresh,
+    latest_verified,
+    list_backups,
+    read_manifest,
+    table_checksum,
+    take_backup,
+    verify_backup,
+    write_manifest,
+)
+from embedding_pipeline.backup_catalog import _created
+from embedding_pipeline.backup_redis import binaries
+from embedding_pipeline.config import BackupConfig
+from embedding_pipeline.db import Database
+from embedding_pipeline.errors import BackupError
+from embedding_pipeline.redis_client import RedisClient
+from embedding_pipeline_tests.conftest import free_port
+
+ODD = 'Odd "Quoted" Table'
+SOURCE = "documents"
+REDIS_PASSWORD = "r3dis-pa55"
+FIX = f"embedding-pipeline backup --source {SOURCE}"
+
+
+@pytest.fixture
+def tables(db: Database) -> list[TableRef]:
+    with db.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.documents (id text PRIMARY KEY, content text NOT NULL, "
+                     "embedding vector(3), updated_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute("CREATE SCHEMA embedding_pipeline")
+        conn.execute("CREATE TABLE embedding_pipeline.chunks (doc_id text, chunk int, body text, "
+                     "embedding vector(3), PRIMARY KEY (doc_id, chunk))")
+        conn.execute(sql.SQL('CREATE TABLE public.{} ("Mixed Key" int PRIMARY KEY, note text)').format(
+            sql.Identifier(ODD)))
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO public.documents (id, content, embedding) VALUES (%s, %s, %s::vector)",
+                            [(f"doc_{i:03d}", f"Document {i} – naïve café", f"[{i},{i / 3},{-i}]")
+                             for i in range(50)])
+            cur.executemany("INSERT INTO embedding_pipeline.chunks VALUES (%s, %s, %s, %s::vector)",
+                            [(f"doc_{i % 50:03d}", i, f"chunk {i}", "[0.5,0.25,1]") for i in range(100)])
+            cur.executemany(sql.SQL("INSERT INTO public.{} VALUES (%s, %s)").format(sql.Identifier(ODD)),
+                            [(i, None if i == 2 else f"note\t{i}\n") for i in range(5)])
+    return [TableRef("public", "documents"), TableRef("embedding_pipeline", "chunks"), TableRef("public", ODD)]
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> BackupConfig:
+    return BackupConfig(directory=str(tmp_path / "backups"), keep=2)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path):
+    """A live redis-server on a free loopback port, with a password, stopped at the end."""
+    server, _ = binaries()
+    port = free_port()
+    workdir = tmp_path / "redis-live"
+    workdir.mkdir()
+    proc = subprocess.Popen([str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--dir", str(workdir), "--requirepass", REDIS_PASSWORD, "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with RedisClient("127.0.0.1", port, password=REDIS_PASSWORD) as c:
+                c.call("PING")
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _scratch_databases(db: Database) -> list[str]:
+    with db.connect(autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'ep_verify_%'")]
+
+
+def _live_checksums(db: Database, tables: list[TableRef]) -> dict[str, tuple[int, str]]:
+    with db.connect() as conn:
+        return {t.qualified: table_checksum(conn, t) for t in tables}
+
+
+def test_round_trip_verified_and_printed_restore_works(db, tables, cfg):
+    """The core promise: a verified backup whose printed restore commands really bring the data back."""
+    report = take_backup(db, source=SOURCE, tables=tables, cfg=cfg)
+    out = report.to_json()
+    assert out["verified"] is True and out["verified_at"]
+    live = _live_checksums(db, tables)
+    assert {f"{t['schema']}.{t['table']}": (t["rows"], t["checksum"]) for t in out["tables"]} == live
+    assert [t["rows"] for t in out["tables"]] == [50, 100, 5]
+    assert out["pg_dump_version"].split(")")[-1].strip().split(".")[0] >= out["server_version"].split(".")[0]
+    folder = Path(out["path"])
+    assert folder.parent == backup_root(db, cfg) / SOURCE
+    assert sorted(p.name for p in folder.iterdir()) == ["dump.pgc", "manifest.json"]
+    on_disk = json.loads(Path(out["manifest"]).read_text())
+    assert on_disk["verified"] is True and on_disk["dump_sha256"] == out["dump_sha256"]
+    assert on_disk["restore_check"]["tables"] == 3
+    assert _scratch_databases(db) == []
+    assert any("pg_dump" in c and "--format=custom" in c for c in out["backup_commands"])
+    assert out["redis"] is None
+
+    # Lose the data, then restore it with exactly the commands the report printed.
+    with db.connect(autocommit=True) as conn:
+        conn.execute("DROP TABLE public.documents")
+        conn.execute("DELETE FROM embedding_pipeline.chunks WHERE chunk > 10")
+        conn.execute(sql.SQL("DROP TABLE public.{}").format(sql.Identifier(ODD)))
+    for command in out["restore_commands"]:
+        done = subprocess.run(command, shell=True, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert _live_checksums(db, tables) == live
+
+
+def test_tampered_dump_is_detected_before_restoring(db, tables, cfg):
+    """A dump changed on disk must never be trusted, even if it was verified before."""
+    report = take_backup(db, source=SOURCE, tables=tables, cfg=cfg)
+    dump = report.path / "dump.pgc"
+    data = bytearray(dump.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    with pytest.raises(BackupError, match="sha256"):
+        verify_backup(db, report.manifest, cfg)
+    manifest = read_manifest(report.manifest)
+    assert manifest["verified"] is False and "sha256" in manifest["verify_error"]
+    assert latest_verified(backup_root(db, cfg), SOURCE) is None
+
+
+def test_restored_checksum_mismatch_fails_verification(db, tables, cfg):
+    """A dump swapped together with its sha256 is still caught: the restored rows disagree with the manifest."""
+    first = take_backup(db, source=SOURCE, tables=tables, cfg=cfg, verify=False)
+    with db.connect(autocommit=True) as conn:
+        conn.execute("UPDATE public.documents SET content = 'changed' WHERE id = 'doc_007'")
+    second = take_backup(db, source=SOURCE, tables=tables, cfg=cfg, verify=False)
+    shutil.copyfile(second.path / "dump.pgc", first.path / "dump.pgc")
+    forged = read_manifest(first.manifest)
+    forged["dump_sha256"] = second.dump_sha256
+    write_manifest(first.manifest, forged)
+
+    with pytest.raises(BackupError, match="public.documents: checksum"):
+        verify_backup(db, first.manifest, cfg)
+    assert read_manifest(first.manifest)["verified"] is False
+    assert _scratch_databases(db) == []
+    assert verify_backup(db, second.manifest, cfg).verified is True  # the untouched one still verifies
+
+
+def test_check_backup_fresh(db, tables, cfg):
+    """Gates refuse to run without a fresh verified backup holding their tables, and say how to fix it."""
+    root = backup_root(db, cfg)
+    ok, reason = check_backup_fresh(root, SOURCE, 24)
+    assert not ok and "no verified backup" in reason and FIX in reason
+
+    take_backup(db, source=SOURCE, tables=tables, cfg=cfg, verify=False)
+    ok, reason = check_backup_fresh(root, SOURCE, 24)
+    assert not ok and "1 unverified" in reason and FIX in reason
+
+    report = take_backup(db, source=SOURCE, tables=tables, cfg=cfg)
+    ok, reason = check_backup_fresh(root, SOURCE, 24, required_tables=["public.documents", f"public.{ODD}"])
+    assert ok, reason
+    assert str(report.path) in reason
+
+    later = _created(read_manifest(report.manifest)) + timedelta(hours=30)
+    ok, reason = check_backup_fresh(root, SOURCE, 24, now=later)
+    assert not ok and f"'{SOURCE}'" in reason and "30.0 h old" in reason and FIX in reason
+
+    ok, reason = check_backup_fresh(root, SOURCE, 24, required_tables=["public.documents", "public.message_embeddings"])
+    assert not ok and "public.message_embeddings" in reason and FIX in reason
+
+
+def test_retention_never_removes_newest_verified(db, tables, cfg):
+    """Pruning old backups must not leave the source without its last restorable copy."""
+    root = backup_root(db, cfg)
+    oldest = take_backup(db, source=SOURCE, tables=tables, cfg=cfg)
+    middle = take_backup(db, source=SOURCE, tables=tables, cfg=cfg, verify=False)
+    newest = take_backup(db, source=SOURCE, tables=tables, cfg=cfg, verify=False)
+    in_progress = root / SOURCE / "99991231T000000Z"
+    in_progress.mkdir()  # a backup still being written has no manifest yet
+
+    assert apply_retention(root, SOURCE, keep=1) == [middle.path]
+    assert oldest.path.exists() and newest.path.exists() and not middle.path.exists()
+    assert in_progress.exists()
+    assert latest_verified(root, SOURCE)["path"] == str(oldest.path)
+
+    verify_backup(db, newest.manifest, cfg)
+    assert apply_retention(root, SOURCE, keep=1) == [oldest.path]
+    assert [m["path"] for m in list_backups(root, SOURCE)] == [str(newest.path)]
+    assert sorted(p.name for p in (root / SOURCE).iterdir()) == sorted([newest.path.name, in_progress.name])
+
+
+def test_pg_dump_failure_leaves_nothing(db, tables, cfg):
+    """A failed dump (here: a table that does not exist) must raise and leave no backup behind."""
+    with pytest.raises(BackupError, match=r"pg_dump failed.*nope"):
+        take_backup(db, source=SOURCE, tables=tables + [TableRef("public", "nope")], cfg=cfg)
+    root = backup_root(db, cfg)
+    assert list_backups(root, SOURCE) == []
+    assert list((root / SOURCE).iterdir()) == []
+
+
+def test_old_or_missing_pg_dump_is_refused(db, tables, cfg, tmp_path):
+    """A pg_dump older than the server writes dumps that may not restore: refuse before dumping."""
+    fake = tmp_path / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 12.3'\n")
+    fake.chmod(0o755)
+    old = cfg.model_copy(update={"pg_dump": str(fake)})
+    with pytest.raises(BackupError, match=r"older than the server's major version"):
+        take_backup(db, source=SOURCE, tables=tables, cfg=old)
+    missing = cfg.model_copy(update={"pg_dump": str(tmp_path / "absent" / "pg_dump")})
+    with pytest.raises(BackupError, match="not found"):
+        take_backup(db, source=SOURCE, tables=tables, cfg=missing)
+    assert not (backup_root(db, cfg) / SOURCE).exists()
+
+
+def test_unwritable_backup_directory(db, tables, tmp_path):
+    """A backup directory we cannot create or write into is a clear error, not a traceback."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = BackupConfig(directory=str(blocker / "backups"))
+    with pytest.raises(BackupError, match="not writable"):
+        take_backup(db, source=SOURCE, tables=tables, cfg=cfg)
+
+
+def test_password_stays_out_of_commands_and_manifest(db, tables, cfg):
+    """Reports and manifests get pasted into tickets: the database password must not be in them."""
+    params = psycopg.conninfo.conninfo_to_dict(db.url)
+    params["password"] = "pg-s3cret-pw"
+    with_password = Database(url=psycopg.conninfo.make_conninfo(**params), embedded=False, home=db.home)
+    report = take_backup(with_password, source=SOURCE, tables=tables, cfg=cfg)
+    assert report.verified
+    assert "pg-s3cret-pw" not in json.dumps(report.to_json())
+    assert "pg-s3cret-pw" not in report.manifest.read_text()
+
+
+def test_redis_round_trip(db, tables, cfg, redis_url):
+    """The Redis snapshot restores into a throwaway server with the same keys and values as the live one."""
+    with RedisClient.from_url(redis_url) as live:
+        live.call("SET", "plain", "value")
+        live.call("SET", b"bin\x00key", bytes(range(256)))
+        live.call("HSET", "hash", "a", "1", "b", "2")
+        live.call("RPUSH", "queue", "j1", "j2", "j3")
+        live.call("SADD", "set", "x", "y")
+        live.call("ZADD", "zset", "1.5", "m1", "2", "m2")
+        live.call("SET", "ttl-key", "v", "EX", "3600")
+        live.call("SELECT", 1)
+        live.call("SET", "other-db", "v")
+        live.call("SELECT", 0)
+        dbsize = live.call("DBSIZE")
+    report = take_backup(db, source=SOURCE, tables=tables, cfg=cfg, redis_url=redis_url)
+    out = report.to_json()
+    assert out["verified"] is True
+    redis = out["redis"]
+    assert redis["keyspace"] == {"db0": {"keys": dbsize, "expires": 1}, "db1": {"keys": 1, "expires": 0}}
+    assert len(redis["sample"]) == dbsize - 1  # every key without a TTL
+    assert {e["type"] for e in redis["sample"]} == {"string", "hash", "list", "set", "zset"}
+    assert json.loads(report.manifest.read_text())["restore_check"]["redis"] == {"keys": dbsize + 1,
+                                                                                "sampled": dbsize - 1}
+    assert (report.path / "dump.rdb").stat().st_size == redis["bytes"]
+    assert any("--rdb" in c and str(report.path / "dump.rdb") in c for c in out["backup_commands"])
+    assert any(c.startswith("cp ") and "dump.rdb" in c for c in out["restore_commands"])
+    assert REDIS_PASSWORD not in json.dumps(out)
+    assert sorted(p.name for p in report.path.iterdir()) == ["dump.pgc", "dump.rdb", "manifest.json"]
+
+    # The comparison is real: a sample digest that disagrees with the restored value fails verification.
+    forged = read_manifest(report.manifest)
+    forged["redis"]["sample"][0]["digest"] = "0" * 64
+    write_manifest(report.manifest, forged)
+    with pytest.raises(BackupError, match="restored value differs"):
+        verify_backup(db, report.manifest, cfg)
+    assert read_manifest(report.manifest)["verified"] is False
+
+    # A snapshot redis-server cannot load (truncated, sha256 forged to match) fails too, and leaves no server behind.
+    rdb = report.path / "dump.rdb"
+    rdb.write_bytes(rdb.read_bytes()[: redis["bytes"] // 2])
+    forged["redis"]["sha256"] = hashlib.sha256(rdb.read_bytes()).hexdigest()
+    write_manifest(report.manifest, forged)
+    with pytest.raises(BackupError, match="could not load the snapshot"):
+        verify_backup(db, report.manifest, cfg)
+    assert not list(report.path.glob(".redis-verify-*"))
+
+
+def test_redis_unreachable(db, tables, cfg):
+    """A configured Redis that is down fails the backup up front; nothing is left marked verified."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(BackupError, match="unreachable"):
+        take_backup(db, source=SOURCE, tables=tables, cfg=cfg, redis_url=url)
+    root = backup_root(db, cfg)
+    assert latest_verified(root, SOURCE) is None
+    assert list_backups(root, SOURCE) == []
