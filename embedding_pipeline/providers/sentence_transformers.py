@@ -73,7 +73,7 @@ class SentenceTransformersProvider(EmbeddingProvider):
         long = [t for t in texts if len(t) > limit // 3]
         if not long:
             return Counter()
-        lengths = [len(ids) for ids in self.model.tokenizer(long, add_special_tokens=True)["input_ids"]]
+        lengths = [len(ids) for ids in self.model.tokenizer(long, add_special_tokens=True, verbose=False)["input_ids"]]
         n = sum(1 for L in lengths if L > limit)
         return Counter({"truncated": n}) if n else Counter()
 
