@@ -244,12 +244,20 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                 stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
             stats.eligible, stats.stored = coverage_counts(conn, source, schema, space_name)
             conn.commit()
+            if stats.embedded + stats.deleted > 0.1 * max(stats.stored, 1):
+                _vacuum(db, schema, space_table_name(source_name, space_name))
         finally:
             if not conn.closed and not conn.broken:
                 conn.rollback()
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key,))
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _vacuum(db: Database, schema: str, table: str) -> None:
+    """After a bulk change: fresh statistics, and a visibility map that lets drift use index-only scans."""
+    with db.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, table)))
 
 
 def _stream(db, query, params, batch, provider, source, schema, space, cfg, stats, progress):

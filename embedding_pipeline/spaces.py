@@ -169,11 +169,14 @@ def space_table_ddl(source: SourceTable, schema: str, space: str, cfg) -> sql.Co
     table = space_table_name(source.name, space)
     return sql.SQL(
         "CREATE TABLE IF NOT EXISTS {tbl} (\n"
-        "    source_id {id_type} PRIMARY KEY,\n"
+        "    source_id {id_type} NOT NULL,\n"
         "    model_version text NOT NULL CONSTRAINT {ck} CHECK (model_version = {mv}),\n"
         "    content_sha256 bytea NOT NULL,\n"
         "    embedding {vtype}({dims}) NOT NULL,\n"
-        "    embedded_at timestamptz NOT NULL DEFAULT now()\n"
+        "    embedded_at timestamptz NOT NULL DEFAULT now(),\n"
+        # Covering primary key: drift counts (versions, coverage, stale, orphans) read the index
+        # alone, never the wide vector heap.
+        "    PRIMARY KEY (source_id) INCLUDE (model_version, content_sha256)\n"
         ")"
     ).format(
         tbl=sql.Identifier(schema, table),
