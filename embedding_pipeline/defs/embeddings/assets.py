@@ -11,6 +11,7 @@ import dagster as dg
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.resources import PipelineResource, asset_name, source_partitions
 from embedding_pipeline.reembed import reembed
+from embedding_pipeline.schema import ensure_schema
 from embedding_pipeline.spaces import prepare_source
 
 
@@ -38,6 +39,8 @@ def _build_reembed_asset(*, space: str, config: PipelineConfig,
         db = pipeline.database()
         provider = pipeline.provider(space)
         with db.connect() as conn:
+            # A fresh database has no registry yet, and prepare_source reads it.
+            ensure_schema(conn, config.project_schema)
             needed = {config.source(source).legacy_space, space} - {None}
             prepare_source(conn, config, source, pipeline.provider, spaces=sorted(needed))
         stats = reembed(db, config, source, space, provider, logger=context.log)
