@@ -152,6 +152,8 @@ class SourceConfig(_Strict):
     active_space: str
     spaces: list[str] = Field(default_factory=list)
     mode: Literal["standard", "lazy"] = "standard"
+    # The lazy mode's "new" space; defaults to the source's single shadow space.
+    lazy_target: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -204,7 +206,8 @@ class PipelineConfig(_Strict):
         for name, src in self.sources.items():
             if not SOURCE_NAME.match(name):
                 raise ValueError(f"sources.{name}: a source name is 1-40 of a-z, 0-9, '_' and '-'")
-            for key, space in [("active_space", src.active_space), ("legacy_space", src.legacy_space)] + [
+            for key, space in [("active_space", src.active_space), ("legacy_space", src.legacy_space),
+                               ("lazy_target", src.lazy_target)] + [
                 ("spaces", s) for s in src.spaces
             ]:
                 if space is not None and space not in self.spaces:

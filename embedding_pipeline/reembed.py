@@ -75,21 +75,24 @@ def pending_rows(source: SourceTable, schema: str, space: str, fingerprint: str,
     """Eligible rows with no vector in this space, or a vector of an older content."""
     tbl = sql.Identifier(schema, space_table_name(source.name, space))
     h = hash_expr(fingerprint, sql.SQL("s.content"))
+    # A row of another version (written by bypassing us with the CHECK dropped) is re-embedded too.
+    mv = sql.Literal(f"{space}@{fingerprint[:16]}")  # == spaces.model_version(space, cfg)
     id_filter = sql.SQL("AND s.id = ANY(%(ids)s)") if ids else sql.SQL("")
     return sql.SQL(
         "SELECT s.id::text AS id_text, s.content, {h} AS sha FROM ({eligible}) s "
         "LEFT JOIN {tbl} e ON e.source_id = s.id "
-        "WHERE (e.source_id IS NULL OR e.content_sha256 <> {h}) {id_filter} {order}"
-    ).format(h=h, eligible=source.eligible_rows(), tbl=tbl, id_filter=id_filter,
+        "WHERE (e.source_id IS NULL OR e.content_sha256 <> {h} OR e.model_version <> {mv}) {id_filter} {order}"
+    ).format(h=h, mv=mv, eligible=source.eligible_rows(), tbl=tbl, id_filter=id_filter,
              order=sql.SQL("ORDER BY s.id") if ordered else sql.SQL(""))
 
 
-def delete_orphans(conn, source: SourceTable, schema: str, space: str) -> int:
-    """Vectors whose source row is gone, filtered out (soft-deleted) or blank."""
+def delete_orphans(conn, source: SourceTable, schema: str, space: str, ids: list | None = None) -> int:
+    """Vectors whose source row is gone, filtered out (soft-deleted) or blank; only `ids` when given."""
     tbl = sql.Identifier(schema, space_table_name(source.name, space))
+    only = sql.SQL("e.source_id = ANY(%(ids)s) AND") if ids is not None else sql.SQL("")
     cur = conn.execute(sql.SQL(
-        "DELETE FROM {tbl} e WHERE NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
-    ).format(tbl=tbl, eligible=source.eligible_rows()))
+        "DELETE FROM {tbl} e WHERE {only} NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
+    ).format(tbl=tbl, only=only, eligible=source.eligible_rows()), {"ids": ids} if ids is not None else None)
     return cur.rowcount
 
 
@@ -224,9 +227,12 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                 f"another run is re-embedding {source.qualified} into space {space_name!r}; "
                 "this run did nothing. Wait for it to finish (or cancel it) and run again")
         try:
+            # An incremental pass (ids from change capture) touches only those rows: the full-table
+            # sweeps belong to the scheduled full pass.
             with conn.transaction():
-                stats.deleted = delete_orphans(conn, source, schema, space_name)
-            stats.skipped = blank_counts(conn, source)
+                stats.deleted = delete_orphans(conn, source, schema, space_name, ids)
+            if ids is None:
+                stats.skipped = blank_counts(conn, source)
             params = {"ids": ids} if ids is not None else {}
             query = pending_rows(source, schema, space_name, cfg.fingerprint, ids=ids is not None)
             stats.todo = conn.execute(sql.SQL("SELECT count(*) FROM ({}) p").format(query), params).fetchone()[0]

@@ -299,5 +299,9 @@ def prepare_source(conn, config: PipelineConfig, source_name: str, provider_for,
         ensure_binding(conn, config, source, space)
     if source.cfg.active_space in wanted:
         initialise_active(conn, config, source_name)
+        conn.commit()
+        from embedding_pipeline.read_path import ensure_read_path  # read_path builds on this module
+
+        ensure_read_path(conn, config, source_name)
     conn.commit()
     return source

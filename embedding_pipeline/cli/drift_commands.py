@@ -1,0 +1,55 @@
+"""`drift`: the nightly drift stats and checks, printed now (read-only: no history, no alerts)."""
+
+from __future__ import annotations
+
+from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
+from embedding_pipeline.drift import ERROR, collect, evaluate, queue_stats_for
+from embedding_pipeline.schema import ensure_schema
+
+
+def drift_report(conn, config, sources: list[str]) -> tuple[list[dict], list[str]]:
+    """One entry per bound space (its stats and failed checks), and the sources with nothing bound."""
+    rows, unbound = [], []
+    for source in sources:
+        drifts = collect(conn, config, source, queue_stats=queue_stats_for(conn, config, source))
+        if not drifts:
+            unbound.append(source)
+        failed: dict[str, list[dict]] = {}
+        for outcome in evaluate(config, drifts):
+            for f in outcome.findings:
+                failed.setdefault(f.space, []).append({"check": f.check, "severity": f.severity, "message": f.message})
+        rows += [{**d.to_json(), "failed_checks": failed.get(d.space, [])} for d in drifts]
+    return rows, unbound
+
+
+def _text(rows: list[dict], unbound: list[str]) -> str:
+    lines = []
+    for r in rows:
+        versions = ", ".join(f"{v}: {n}" for v, n in r["versions"].items()) or "none"
+        lines.append(
+            f"{r['source']} / {r['space']} [{r['status']}] {r['table']}: coverage {100 * r['coverage']:.2f}% "
+            f"({r['covered']}/{r['eligible']}), versions {{{versions}}} ({100 * r['version_share']:.2f}% one version), "
+            f"stale {r['stale']}, orphans {r['orphans']}, NULL {r['null_vectors']}, "
+            f"dims {r['declared_dims']}/{r['configured_dims']}")
+        lines += [f"  FAIL {c['severity']:5} {c['check']}: {c['message']}" for c in r["failed_checks"]]
+    lines += [f"{s}: no spaces bound yet; run `embedding-pipeline setup --source {s}`" for s in unbound]
+    return "\n".join(lines)
+
+
+def cmd_drift(ctx, args):
+    config = ctx.config
+    sources = args.source or list(config.sources)
+    with ctx.db.connect() as conn:
+        ensure_schema(conn, config.project_schema)
+        conn.commit()
+        rows, unbound = drift_report(conn, config, sources)
+    emit(args, rows, lambda: _text(rows, unbound))
+    errors = any(c["severity"] == ERROR for r in rows for c in r["failed_checks"])
+    return EXIT_CHECK_FAILED if errors else 0
+
+
+def register(sub):
+    p = sub.add_parser("drift", help="model-version distribution, coverage, stale/orphan vectors per source and space")
+    p.add_argument("--source", action="append", help="source table (repeatable; default all)")
+    add_json(p)
+    p.set_defaults(handler=cmd_drift)

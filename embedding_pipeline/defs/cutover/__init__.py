@@ -1,0 +1,1 @@
+"""Cutover, rollback and delayed deletion as Dagster jobs; ``jobs.build(config)`` returns them."""

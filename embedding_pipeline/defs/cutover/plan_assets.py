@@ -1,0 +1,74 @@
+"""One migration-plan asset per built space, from one keyword-only factory (group ``cutover``).
+
+A materialization reads the live database (read-only) for every source the space is configured
+for and writes the Markdown plan (``plan.build_plan``) under ``<home>/reports/plans/``; the
+document is attached as Markdown metadata. Expected index build times are scaled from the HNSW
+builds the re-embed assets recorded in this Dagster instance when those are large enough to
+extrapolate, else from the reference rate; the plan says which.
+"""
+
+
+import dagster as dg
+
+from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.defs.resources import PipelineResource, asset_name
+from embedding_pipeline import plan as plan_lib
+from embedding_pipeline.plan import DONE, FAILED, PENDING, IndexBuild
+
+RECENT_MATERIALIZATIONS = 50
+
+
+def measured_index_builds(instance: dg.DagsterInstance, config: PipelineConfig) -> list[IndexBuild]:
+    """HNSW builds recorded by re-embed materializations (``index_built`` with its seconds)."""
+    builds = []
+    for space in sorted({s for src in config.sources for s in config.spaces_for(src)}):
+        key = dg.AssetKey(["embeddings", asset_name(space)])
+        records = instance.fetch_materializations(key, limit=RECENT_MATERIALIZATIONS).records
+        for record in records:
+            mat = record.asset_materialization
+            md = mat.metadata if mat else {}
+            built, seconds, rows = (md.get(k) for k in ("index_built", "index_build_seconds", "rows_stored"))
+            if not (built and built.value and seconds and rows):
+                continue
+            dims = config.space(space).dimensions
+            builds.append(IndexBuild(int(rows.value), dims, float(seconds.value),
+                                     f"measured: {int(rows.value):,} x {dims} took {float(seconds.value):.1f} s "
+                                     f"(re-embed of {mat.partition} into {space}, run {record.run_id[:8]})"))
+    return builds
+
+
+def _build_plan_asset(*, space: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=dg.AssetKey(["plan", asset_name(space)]),
+        group_name="cutover",
+        description=f"Migration plan to space `{space}` from the config and the live database: schema, indexes, "
+                    "write and read path, cutover, rollback, deletion, backup, evidence and a checklist.",
+        kinds={"markdown"},
+        tags={"space": space},
+    )
+    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        config = pipeline.config()
+        db = pipeline.database()
+        plan = plan_lib.build_plan(db, config, space, measured=measured_index_builds(context.instance, config))
+        path = plan_lib.write_plan(db, plan)
+        states = [s.state for p in plan.sources for s in p.steps]
+        context.log.info(f"plan for {space} written to {path}")
+        return dg.MaterializeResult(metadata={
+            "plan": dg.MetadataValue.md(plan.markdown),
+            "path": dg.MetadataValue.path(str(path)),
+            "sources": ",".join(p.name for p in plan.sources),
+            "steps_done": states.count(DONE),
+            "steps_pending": states.count(PENDING),
+            "steps_failed": states.count(FAILED),
+        })
+
+    return _asset
+
+
+def build_plan_assets(config: PipelineConfig) -> list[dg.AssetsDefinition]:
+    spaces = sorted({s for src in config.sources for s in config.spaces_for(src)})
+    return [_build_plan_asset(space=s) for s in spaces]
+
+
+def build_plan(config: PipelineConfig) -> dg.Definitions:
+    return dg.Definitions(assets=build_plan_assets(config))
