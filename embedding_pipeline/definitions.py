@@ -9,6 +9,7 @@ from embedding_pipeline.defs.cutover import plan_assets
 from embedding_pipeline.defs import drift as drift_defs
 from embedding_pipeline.defs.embeddings import assets as embedding_assets
 from embedding_pipeline.defs.embeddings.capture_sensor import build_capture
+from embedding_pipeline.defs.evaluation import assets as evaluation_assets
 from embedding_pipeline.defs.evaluation import smoke_assets
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.defs.startup import validate_on_load
@@ -21,6 +22,7 @@ def build_definitions() -> dg.Definitions:
         backup_assets.build(config),
         embedding_assets.build(config),
         build_capture(config),
+        evaluation_assets.build(config),
         smoke_assets.build_smoke(config),
         cutover_jobs.build(config),
         plan_assets.build_plan(config),

@@ -87,6 +87,77 @@ def run_validation(ctx, config: PipelineConfig) -> None:
         raise RuntimeError("validation failed")
 
 
+def backups(ctx, config: PipelineConfig) -> None:
+    from embedding_pipeline.backup_targets import backup_source
+
+    _step("backup-before: pg_dump of each source and its embedding tables, verified by a restore")
+    for source in config.sources:
+        report, _ = backup_source(ctx.db, config, source)
+        if not report.verified:
+            raise RuntimeError(f"backup of {source} did not verify: {report.verify_error}")
+        tables = ", ".join(f"{t['table']} ({t['rows']})" for t in report.to_json()["tables"])
+        print(f"   {source}: verified {report.manifest}\n     {tables}")
+
+
+def eval_sets(ctx, config: PipelineConfig) -> None:
+    """Labeled sets: topic queries in English and Polish, relevant = every live row of the topic."""
+    from embedding_pipeline.demo_data import demo_eval_queries, demo_message_qrels, demo_qrels
+    from embedding_pipeline.evaluation.beir import EvalSet, store_eval_set
+
+    _step("store the labeled eval sets (topic queries, English and Polish)")
+    schema = config.project_schema
+    queries = demo_eval_queries()
+    texts = {q["query_id"]: q["text"] for q in queries}
+    with ctx.db.connect() as conn:
+        for source, qrels in (("documents", demo_qrels(conn, queries)),
+                              ("message_embeddings", demo_message_qrels(conn, queries))):
+            name = f"demo-{source}-topics"
+            store_eval_set(conn, schema, name, EvalSet(name, source, "labeled", texts, qrels), source=source)
+            print(f"   {name}: {len(texts)} queries, {sum(map(len, qrels.values()))} judgements")
+        conn.commit()
+
+
+def shadow_eval(ctx, config: PipelineConfig) -> None:
+    from embedding_pipeline.evaluation.runner import compare_spaces, labeled_set_name
+
+    _step(f"shadow evaluation: {config.source('documents').active_space} (active) vs {TARGET_SPACE}, never mixed")
+    for source in config.sources:
+        with ctx.db.connect() as conn:
+            name = labeled_set_name(conn, config.project_schema, source)
+        r = compare_spaces(ctx.db, config, source, config.source(source).active_space, TARGET_SPACE, name, ctx.provider)
+        m = r["metrics"]
+        a, c = m["active"], m["candidate"]
+        print(f"   {source}: nDCG@10 {a['ndcg@10']:.3f} -> {c['ndcg@10']:.3f}, recall@100 {a['recall@100']:.3f} -> "
+              f"{c['recall@100']:.3f}; gate {'passed' if r['gate_passed'] else 'FAILED'} ({r['report_path']})")
+
+
+def switch_and_search(ctx, config: PipelineConfig) -> None:
+    from embedding_pipeline.cutover import cutover, rollback
+    from embedding_pipeline.read_path import search
+    from embedding_pipeline.status import format_status, status
+
+    def show_search(label):
+        result = search(ctx.db, config, "documents", "jak podlewać pomidory w ogrodzie", k=3, provider_for=ctx.provider)
+        print(f"   search ({label}) answered by space {result.space}: {[h.source_id for h in result.hits]}")
+
+    _step(f"cutover of both tables to {TARGET_SPACE} (gates: backup, coverage, stale, eval, validator)")
+    show_search("before")
+    for source in config.sources:
+        r = cutover(ctx.db, config, source, TARGET_SPACE, provider_for=ctx.provider, actor="demo")
+        print(f"   {source}: {r.get('previous_space') or r.get('from')} -> {TARGET_SPACE}")
+    show_search("after cutover")
+    _step("rollback of both tables")
+    for source in config.sources:
+        rollback(ctx.db, config, source, actor="demo")
+    show_search("after rollback")
+    _step(f"cutover again to {TARGET_SPACE}")
+    for source in config.sources:
+        cutover(ctx.db, config, source, TARGET_SPACE, provider_for=ctx.provider, actor="demo")
+    show_search("final")
+    _step("status")
+    print(format_status(status(ctx.db, config)))
+
+
 def run_demo(ctx, args) -> int:
     config = ctx.config
     _step("database")
@@ -95,5 +166,9 @@ def run_demo(ctx, args) -> int:
     seed(ctx, args)
     reembed_through_dagster(ctx, config)
     run_validation(ctx, config)
+    backups(ctx, config)
+    eval_sets(ctx, config)
+    shadow_eval(ctx, config)
+    switch_and_search(ctx, config)
     print("\ndemo finished: open the UI with `make dev`")
     return 0

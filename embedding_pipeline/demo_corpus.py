@@ -323,7 +323,7 @@ def message_row(i: int, seed: int = 7) -> dict:
     else:
         content = _content(kind, rng, topic, lang, 1)
     return {
-        "id": i + 1, "content": _emoji(rng, topic, content, 0.15),
+        "id": i + 1, "content": _emoji(rng, topic, content, 0.15), "topic": topic,
         "message_id": nanoid(seed, "messages", i), "workspace_name": rng.choice(WORKSPACES),
         "created_at": EPOCH + timedelta(seconds=rng.randrange(365 * 86400)),
     }

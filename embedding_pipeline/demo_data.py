@@ -206,3 +206,18 @@ def demo_qrels(conn: psycopg.Connection, queries: Sequence[dict], *, schema: str
     for topic, doc_id in rows:
         by_topic.setdefault(topic, {})[doc_id] = 1
     return {q["query_id"]: dict(by_topic.get(q["topic"], {})) for q in queries}
+
+
+def demo_message_qrels(conn: psycopg.Connection, queries: Sequence[dict], *, seed: int = 7,
+                       schema: str = "public") -> dict[str, dict[str, int]]:
+    """query_id -> {message id: 1} for every non-blank message of the query's topic.
+
+    Messages store no topic column (Honcho's table has none); the generator is deterministic,
+    so a seeded message's topic is recomputed from its id.
+    """
+    ids = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} WHERE {}").format(
+        sql.Identifier(schema, MESSAGES), _has_text())).fetchall()]
+    by_topic: dict[str, dict[str, int]] = {}
+    for mid in ids:
+        by_topic.setdefault(message_row(mid - 1, seed)["topic"], {})[str(mid)] = 1
+    return {q["query_id"]: dict(by_topic.get(q["topic"], {})) for q in queries}

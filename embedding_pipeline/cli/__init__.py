@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "embedding_pipeline.cli.capture_commands",
     "embedding_pipeline.cli.smoke_commands",
     "embedding_pipeline.cli.drift_commands",
+    "embedding_pipeline.cli.eval_commands",
 ]
 
 
