@@ -164,7 +164,37 @@ class SourceConfig(_Strict):
         # statement separators and comments have no place in one.
         if v is not None and re.search(r";|--|/\*", v):
             raise ValueError("must be a single SQL expression without ';' or comments")
+        if v is not None and not _parentheses_balanced(v):
+            # `x) OR (true` or `x) UNION SELECT ... WHERE (y` would close the parenthesis we wrap it in.
+            raise ValueError("must be a single SQL expression: its parentheses and quotes must balance")
         return v
+
+
+def _parentheses_balanced(expr: str) -> bool:
+    """True when no parenthesis closes one opened outside the expression, outside quotes too."""
+    depth, i, n = 0, 0, len(expr)
+    while i < n:
+        ch = expr[i]
+        if ch in ("'", '"'):
+            end = i + 1
+            while True:  # a doubled quote is an escaped quote inside the literal/identifier
+                end = expr.find(ch, end)
+                if end == -1:
+                    return False
+                if end + 1 < n and expr[end + 1] == ch:
+                    end += 2
+                    continue
+                break
+            i = end + 1
+            continue
+        if ch == "$":
+            return False  # dollar quoting has no place in a filter and would hide parentheses
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth < 0:
+            return False
+        i += 1
+    return depth == 0
 
 
 class BackupConfig(_Strict):

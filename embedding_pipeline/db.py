@@ -53,6 +53,15 @@ def url_with_database(url: str, dbname: str, driver: str | None = None) -> str:
     return f"{scheme}://{userinfo}{netloc}/{db}{tail}"
 
 
+def _scrub(message: str, url: str) -> str:
+    """A driver message with the URL's password (if any) masked."""
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        return "<message withheld: the URL could not be parsed>"
+    return message.replace(str(password), "***") if password else message
+
+
 def redact(url: str) -> str:
     """A URL fit for logs: the password replaced."""
     try:
@@ -111,8 +120,13 @@ class Database:
             conn = psycopg.connect(self.url, autocommit=autocommit, **kwargs)
         except psycopg.OperationalError as e:
             raise DatabaseError(
-                f"cannot connect to {redact(self.url)}: {str(e).strip().splitlines()[0]}. "
+                f"cannot connect to {redact(self.url)}: {_scrub(str(e).strip().splitlines()[0], self.url)}. "
                 f"Check {DATABASE_URL_ENV} (or unset it to use the embedded server)."
+            ) from None
+        except psycopg.ProgrammingError:
+            # libpq's message for an unparseable URL quotes the whole URL, password included.
+            raise DatabaseError(
+                f"the database URL is not valid ({redact(self.url)}): check {DATABASE_URL_ENV}"
             ) from None
         register_vector_types(conn)
         return conn

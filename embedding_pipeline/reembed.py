@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig

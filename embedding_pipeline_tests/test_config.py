@@ -80,3 +80,24 @@ def test_large_dimensions_use_halfvec():
     base = load_config(PACKAGED_CONFIG, env={}).space("openai-3-small")
     assert base.storage_type == "vector"
     assert base.model_copy(update={"dimensions": 3072}).storage_type == "halfvec"
+
+
+@pytest.mark.parametrize("expr, ok", [
+    ("deleted_at IS NULL", True),
+    ("status = 'it''s (fine'", True),
+    ('"Deleted At" IS NULL AND (a OR b)', True),
+    ("EXISTS (SELECT 1 FROM t WHERE t.id = id)", True),
+    ("deleted_at IS NULL) OR (true", False),
+    ("true) UNION SELECT id, secret FROM other WHERE (true", False),
+    ("(deleted_at IS NULL", False),
+    ("x = 'unterminated", False),
+    ("x = $$)$$", False),
+])
+def test_row_filter_must_be_one_expression(tmp_path, expr, ok):
+    """A filter that closes the engine's parenthesis could append SQL; it is refused at load."""
+    path = _write(tmp_path, lambda r: r["sources"]["documents"].update(row_filter=expr))
+    if ok:
+        assert load_config(path, env={}).source("documents").row_filter == expr
+    else:
+        with pytest.raises(ConfigError, match="sources.documents.row_filter"):
+            load_config(path, env={})

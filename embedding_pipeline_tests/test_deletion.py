@@ -10,7 +10,7 @@ from embedding_pipeline.cutover import cutover, rollback
 from embedding_pipeline.deletion import delete_retired, delete_space
 from embedding_pipeline.errors import RefusedError
 from embedding_pipeline.spaces import space_table_name
-from embedding_pipeline_tests.test_cutover import (  # noqa: F401  (fixtures)
+from embedding_pipeline_tests.cutover_env import (  # noqa: F401  (fixtures)
     LEGACY, NEW, SOURCE, env, make, providers, snapshot, template,
 )
 

@@ -92,7 +92,7 @@ class OpenAIProvider(EmbeddingProvider):
         except openai.APIStatusError as e:
             if _retryable(e):
                 raise
-            message = _error_message(e)
+            message = _scrub_inputs(_error_message(e), texts)
             raise ProviderError(
                 f"space {self.name!r}: {self.config.base_url or 'OpenAI'} answered {e.status_code}: {message}"
             ) from None
@@ -134,6 +134,28 @@ class OpenAIProvider(EmbeddingProvider):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _scrub_inputs(message: str, texts: list[str], window: int = 12) -> str:
+    """Servers often quote the offending input; no run of `window`+ characters of any input survives.
+
+    Only on the error path, on a message already cut to 300 characters.
+    """
+    haystack = "\x00".join(texts)
+    covered = [False] * len(message)
+    for p in range(len(message) - window + 1):
+        if message[p:p + window] in haystack:
+            covered[p:p + window] = [True] * window
+    out, i = [], 0
+    while i < len(message):
+        if covered[i]:
+            while i < len(message) and covered[i]:
+                i += 1
+            out.append("<input>")
+        else:
+            out.append(message[i])
+            i += 1
+    return "".join(out)
 
 
 def _error_message(e) -> str:
