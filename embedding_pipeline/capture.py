@@ -39,7 +39,7 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db import table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.reembed import RunInProgress, delete_orphans, hash_expr, reembed
-from embedding_pipeline.spaces import SourceTable, bindings, inspect_source, space_table_name
+from embedding_pipeline.spaces import HAS_TEXT, SourceTable, bindings, inspect_source, space_table_name
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def poll_cursor(conn, config: PipelineConfig, source: str, *, overlap_seconds: f
             for s in target_spaces(conn, config, source)] or [sql.SQL("false")]
         filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
         queued, newest = conn.execute(sql.SQL(
-            "WITH c AS (SELECT {id} AS id, {txt} AS content, coalesce(({filt}) AND {txt} ~ '\\S', false) AS ok, "
+            "WITH c AS (SELECT {id} AS id, {txt} AS content, coalesce(({filt}) AND {txt} " + HAS_TEXT + ", false) AS ok, "
             "{upd} AS upd FROM {tbl} WHERE {upd} > %(since)s::timestamptz - make_interval(secs => %(overlap)s)), "
             "ins AS (INSERT INTO {q} (source, source_id, op) SELECT %(src)s, c.id::text, 'C' FROM c "
             "WHERE NOT EXISTS (SELECT 1 FROM {q} q WHERE q.source = %(src)s AND q.source_id = c.id::text) "

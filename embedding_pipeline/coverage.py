@@ -15,7 +15,7 @@ from psycopg import sql
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db import declared_dimension
 from embedding_pipeline.reembed import hash_expr
-from embedding_pipeline.spaces import SourceTable, model_version, space_table_name
+from embedding_pipeline.spaces import HAS_TEXT, SourceTable, model_version, space_table_name
 
 
 @dataclass
@@ -99,7 +99,7 @@ def legacy_counts(conn, config: PipelineConfig, source: SourceTable) -> SpaceCou
     counts.declared_dims = declared_dimension(conn, c.schema_, c.table, c.legacy_vector_column)
     filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
     eligible, nonnull = conn.execute(sql.SQL(
-        "SELECT count(*), count({v}) FROM {tbl} WHERE ({filt}) AND {t} ~ '\\S'"
+        "SELECT count(*), count({v}) FROM {tbl} WHERE ({filt}) AND {t} " + HAS_TEXT
     ).format(v=sql.Identifier(c.legacy_vector_column), tbl=source.ident, filt=filt,
              t=sql.Identifier(c.text_column))).fetchone()
     counts.eligible, counts.stored, counts.covered = eligible, nonnull, nonnull

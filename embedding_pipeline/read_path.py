@@ -31,7 +31,7 @@ from psycopg import sql
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db import Database
 from embedding_pipeline.errors import DatabaseError, EmbeddingPipelineError
-from embedding_pipeline.spaces import SourceTable, binding, inspect_source, model_version
+from embedding_pipeline.spaces import HAS_TEXT, SourceTable, binding, inspect_source, model_version
 
 DISTANCE = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 EF_SEARCH_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
@@ -109,7 +109,7 @@ def space_rows(config: PipelineConfig, source: SourceTable, b: dict) -> sql.Comp
         # No table alias: the operator's filter may name the table itself.
         return sql.SQL(
             "SELECT {id} AS source_id, {vec} AS embedding, {space}::text AS space, {mv}::text AS model_version "
-            "FROM {tbl} WHERE ({filt}) AND {text} ~ '\\S' AND {vec} IS NOT NULL"
+            "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
         ).format(id=sql.Identifier(c.id_column), vec=sql.Identifier(b["vector_column"]),
                  tbl=sql.Identifier(b["table_schema"], b["table_name"]), filt=filt,
                  text=sql.Identifier(c.text_column), **labels)

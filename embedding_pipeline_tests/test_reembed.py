@@ -199,3 +199,15 @@ def test_provider_error_writes_nothing_for_the_batch(db, setup):
     assert n == 32  # batches 1 and 2 committed, batch 3 refused whole
     provider._embed = inner
     assert reembed(db, cfg, "documents", SPACE, provider).stored == 80
+
+
+def test_unicode_only_whitespace_counts_as_blank(db, setup):
+    """NBSP, zero-width spaces and a BOM carry no text: skipped as blank, never embedded, not counted missing."""
+    cfg, provider_for, ids = setup
+    with db.connect() as conn:
+        conn.execute("UPDATE documents SET content = %s WHERE id = %s", ("\u00a0\u200b\ufeff\u3000", ids[0]))
+        conn.execute("UPDATE documents SET content = %s WHERE id = %s", ("\u00a0zażółć\u200b", ids[1]))
+        conn.commit()
+    stats = reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    assert stats.skipped == {"blank": 1}
+    assert stats.embedded == 79 and stats.coverage == 1.0

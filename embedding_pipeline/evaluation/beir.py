@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.db import column_types, table_exists
+from embedding_pipeline.providers.base import clean_text
 from embedding_pipeline.errors import ConfigError, DatabaseError
 
 EVAL_DDL_LOCK = 724_311_002  # pg_advisory_xact_lock key for the eval tables' DDL
@@ -137,8 +138,8 @@ def import_beir_to_table(conn: psycopg.Connection, dataset: BeirDataset, schema:
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (id text, content text) ON COMMIT DROP").format(staging))
         with conn.cursor().copy(sql.SQL("COPY {} (id, content) FROM STDIN").format(staging)) as copy:
             for doc_id, text in dataset.corpus.items():
-                # PostgreSQL text cannot hold NUL; the embedders drop it too.
-                copy.write_row((doc_id, text.replace("\x00", "")))
+                # PostgreSQL text holds neither NUL nor lone surrogates (legal as JSON escapes): cleaned as the embedders clean.
+                copy.write_row((doc_id, clean_text(text)[0]))
         conn.execute(
             sql.SQL(
                 "INSERT INTO {t} (id, content) SELECT id, content FROM {s} "
@@ -224,7 +225,7 @@ def store_eval_set(
         cur = conn.cursor()
         with cur.copy(sql.SQL("COPY {}.eval_queries (set_name, query_id, text) FROM STDIN").format(s)) as copy:
             for qid, text in queries.items():
-                copy.write_row((name, str(qid), str(text).replace("\x00", "")))
+                copy.write_row((name, str(qid), clean_text(str(text))[0]))
         with cur.copy(sql.SQL("COPY {}.eval_qrels (set_name, query_id, doc_id, grade) FROM STDIN").format(s)) as copy:
             for qid, judged in qrels.items():
                 for doc_id, grade in judged.items():

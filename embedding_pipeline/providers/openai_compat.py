@@ -16,7 +16,7 @@ import numpy as np
 import tenacity
 
 from embedding_pipeline.errors import CloudEndpointRefused, ProviderError
-from embedding_pipeline.providers.base import EmbeddingProvider
+from embedding_pipeline.providers.base import EmbeddingProvider, batch_indices
 from embedding_pipeline.providers.endpoint import classify
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,18 @@ class OpenAIProvider(EmbeddingProvider):
         model = (self.config.query_model if query else self.config.document_model) or self.config.model
         prompt = self.config.query_prompt if query else self.config.document_prompt
         texts = [(prompt + t)[:MAX_INPUT_CHARS] for t in texts]
+        chunks = [texts[a:b] for a, b in batch_indices(len(texts), self.config.batch_size)]
+        if len(chunks) == 1 or self.config.concurrency == 1:
+            parts = [self._embed_chunk(c, model) for c in chunks]
+        else:
+            # Requests in flight at once hide network and server latency; results keep input order.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(chunks))) as pool:
+                parts = list(pool.map(lambda c: self._embed_chunk(c, model), chunks))
+        return [v for part in parts for v in part]
+
+    def _embed_chunk(self, texts: list[str], model: str) -> list:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_retryable),
             wait=_wait_retry_after,
