@@ -3,10 +3,10 @@
 import dagster as dg
 
 from embedding_pipeline.config import load_config
+from embedding_pipeline.defs import drift as drift_defs
 from embedding_pipeline.defs.backup import assets as backup_assets
 from embedding_pipeline.defs.cutover import jobs as cutover_jobs
 from embedding_pipeline.defs.cutover import plan_assets
-from embedding_pipeline.defs import drift as drift_defs
 from embedding_pipeline.defs.embeddings import assets as embedding_assets
 from embedding_pipeline.defs.embeddings.capture_sensor import build_capture
 from embedding_pipeline.defs.evaluation import assets as evaluation_assets

@@ -23,8 +23,12 @@ os.environ.setdefault("LC_ALL", "C.UTF-8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from embedding_pipeline import embedded_postgres  # noqa: E402
-from embedding_pipeline.db import Database, ensure_extension, url_with_database  # noqa: E402
+from embedding_pipeline.db import embedded as embedded_postgres  # noqa: E402
+from embedding_pipeline.db.connection import (  # noqa: E402
+    Database,
+    ensure_extension,
+    url_with_database,
+)
 
 TEST_CONFIG = Path(__file__).parents[1] / "embedding_pipeline" / "pipeline.yaml"
 

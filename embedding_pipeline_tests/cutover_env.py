@@ -13,14 +13,21 @@ import pytest
 import yaml
 from psycopg import sql
 
-from embedding_pipeline.backup import TableRef, take_backup
+from embedding_pipeline.backup.postgres import TableRef
+from embedding_pipeline.backup.run import take_backup
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db import Database, ensure_extension, url_with_database
+from embedding_pipeline.db.connection import (
+    Database,
+    ensure_extension,
+    url_with_database,
+)
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.read_path import served_space
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import bindings, prepare_source, space_table_name
+from embedding_pipeline.read_path.install import served_space
+from embedding_pipeline.spaces.bindings import bindings
+from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline_tests.conftest import TEST_CONFIG
 from embedding_pipeline_tests.sources import make_documents
 

@@ -23,8 +23,17 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from embedding_pipeline.db import DAGSTER_DATABASE_URL_ENV, Database, ensure_extension, url_with_database
-from embedding_pipeline.dev import prepare_dagster_home, start_dagster_dev, stop_process_group
+from embedding_pipeline.db.connection import (
+    DAGSTER_DATABASE_URL_ENV,
+    Database,
+    ensure_extension,
+    url_with_database,
+)
+from embedding_pipeline.local.dev import (
+    prepare_dagster_home,
+    start_dagster_dev,
+    stop_process_group,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

@@ -14,25 +14,22 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.backup import (
-    TableRef,
+from embedding_pipeline.backup.catalog import (
+    _created,
     apply_retention,
-    backup_root,
     check_backup_fresh,
     latest_verified,
     list_backups,
     read_manifest,
-    table_checksum,
-    take_backup,
-    verify_backup,
     write_manifest,
 )
-from embedding_pipeline.backup_catalog import _created
-from embedding_pipeline.backup_redis import binaries
+from embedding_pipeline.backup.postgres import TableRef, table_checksum
+from embedding_pipeline.backup.redis import binaries
+from embedding_pipeline.backup.redis_client import RedisClient
+from embedding_pipeline.backup.run import backup_root, take_backup, verify_backup
 from embedding_pipeline.config import BackupConfig
-from embedding_pipeline.db import Database
+from embedding_pipeline.db.connection import Database
 from embedding_pipeline.errors import BackupError
-from embedding_pipeline.redis_client import RedisClient
 from embedding_pipeline_tests.conftest import free_port
 
 ODD = 'Odd "Quoted" Table'

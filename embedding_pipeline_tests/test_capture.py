@@ -12,20 +12,30 @@ import dagster as dg
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.capture import (
-    capture_status, consume, disable_capture, enable_capture, ensure_capture_tables, lag_check, queue_stats,
-    queue_stats_hook,
-)
 from embedding_pipeline.cli import capture_commands
 from embedding_pipeline.cli.common import run_command
-from embedding_pipeline.coverage import space_counts
+from embedding_pipeline.db.queue import (
+    ensure_capture_tables,
+    lag_check,
+    queue_stats,
+    queue_stats_hook,
+)
+from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.embeddings.capture_sensor import build_capture
 from embedding_pipeline.defs.resources import PipelineResource
+from embedding_pipeline.embeddings.capture import (
+    capture_status,
+    consume,
+    disable_capture,
+    enable_capture,
+)
+from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import DatabaseError
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import inspect_source, prepare_source, space_table_name
+from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.sources import TOPICS, make_documents
 
 SPACE = "minilm-256"

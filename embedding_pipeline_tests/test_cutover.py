@@ -12,14 +12,24 @@ import pytest
 from psycopg import sql
 
 from embedding_pipeline.cli.common import run_command
-from embedding_pipeline.cutover import cutover, rollback
+from embedding_pipeline.cutover.status import status
+from embedding_pipeline.cutover.switch import cutover, rollback
 from embedding_pipeline.errors import RefusedError
-from embedding_pipeline.read_path import search, search_space
-from embedding_pipeline.spaces import space_table_name
-from embedding_pipeline.status import status
-
+from embedding_pipeline.read_path.ann import search_space
+from embedding_pipeline.read_path.search import search
+from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline_tests.cutover_env import (  # noqa: F401  (fixtures)
-    LEGACY, NEW, QUERY, SOURCE, Env, env, make, make_env, providers, snapshot, template,
+    LEGACY,
+    NEW,
+    QUERY,
+    SOURCE,
+    Env,
+    env,
+    make,
+    make_env,
+    providers,
+    snapshot,
+    template,
 )
 
 
@@ -305,10 +315,10 @@ def test_status_reports_every_space(env):
 def test_dagster_cutover_job_refuses_then_forces(env, monkeypatch):
     """The Launchpad job fails a refused run with its reasons and records a forced one."""
     monkeypatch.setattr("embedding_pipeline.defs.resources.build_provider", lambda name, cfg: env.provider_for(name))
+    import dagster as dg
+
     from embedding_pipeline.defs.cutover.jobs import build
     from embedding_pipeline.defs.resources import PipelineResource
-
-    import dagster as dg
 
     resources = {"pipeline": PipelineResource(config_path=str(env.config_path))}
     job = dg.Definitions.merge(build(env.cfg), dg.Definitions(resources=resources)).resolve_job_def("cutover")

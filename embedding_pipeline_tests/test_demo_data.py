@@ -15,9 +15,20 @@ import pytest
 from psycopg import sql
 
 from embedding_pipeline.config import PACKAGED_CONFIG, load_config
-from embedding_pipeline.db import column_types
-from embedding_pipeline.demo_corpus import CORPUS, LANGS, TOPICS, document_row, message_row
-from embedding_pipeline.demo_data import create_demo_tables, demo_eval_queries, demo_qrels, seed_demo
+from embedding_pipeline.db.connection import column_types
+from embedding_pipeline.local.demo_corpus import (
+    CORPUS,
+    LANGS,
+    TOPICS,
+    document_row,
+    message_row,
+)
+from embedding_pipeline.local.demo_data import (
+    create_demo_tables,
+    demo_eval_queries,
+    demo_qrels,
+    seed_demo,
+)
 from embedding_pipeline.providers import build_provider
 
 N_DOCS, N_MSGS = 120, 80

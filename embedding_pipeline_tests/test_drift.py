@@ -19,12 +19,17 @@ import yaml
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from embedding_pipeline import alerts
 from embedding_pipeline.cli import drift_commands
 from embedding_pipeline.cli.common import run_command
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db import Database, ensure_extension, url_with_database
-from embedding_pipeline.drift import (
+from embedding_pipeline.db.connection import (
+    Database,
+    ensure_extension,
+    url_with_database,
+)
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.drift import alerts
+from embedding_pipeline.drift.stats import (
     ERROR,
     WARN,
     collect,
@@ -34,10 +39,10 @@ from embedding_pipeline.drift import (
     quality_regression,
     record,
 )
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import model_version, prepare_source
+from embedding_pipeline.spaces.model import model_version
 from embedding_pipeline_tests.sources import TOPICS, make_documents
 
 SPACE = "minilm-256"

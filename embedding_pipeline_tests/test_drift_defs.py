@@ -11,11 +11,18 @@ from psycopg import sql
 
 from embedding_pipeline.config import load_config
 from embedding_pipeline.defs import drift as drift_defs
-from embedding_pipeline.defs.drift.assets import DRIFT_KEY, QUALITY_CHECK, build_drift_asset
-from embedding_pipeline.defs.drift.sensors import drift_alert_sensor, drift_run_failure_sensor
+from embedding_pipeline.defs.drift.assets import (
+    DRIFT_KEY,
+    QUALITY_CHECK,
+    build_drift_asset,
+)
+from embedding_pipeline.defs.drift.sensors import (
+    drift_alert_sensor,
+    drift_run_failure_sensor,
+)
 from embedding_pipeline.defs.embeddings import assets as embedding_assets
 from embedding_pipeline.defs.resources import PipelineResource, source_partitions
-from embedding_pipeline.drift import CHECKS
+from embedding_pipeline.drift.stats import CHECKS
 from embedding_pipeline.evaluation.beir import EvalSet, store_eval_set
 from embedding_pipeline_tests.test_drift import (  # noqa: F401 (fixtures)
     SCHEMA,

@@ -12,12 +12,12 @@ from psycopg import sql
 from embedding_pipeline.cli import eval_commands
 from embedding_pipeline.cli.common import run_command
 from embedding_pipeline.config import load_config
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.evaluation.beir import EvalSet, store_eval_set
 from embedding_pipeline.evaluation.metrics import HEADLINE, evaluate_run
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import prepare_source
 from embedding_pipeline_tests.conftest import TEST_CONFIG
 from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
 from embedding_pipeline_tests.sources import make_documents

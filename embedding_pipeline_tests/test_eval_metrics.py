@@ -145,7 +145,9 @@ class _Precomputed:
 
 def test_metrics_match_sentence_transformers_on_real_minilm_rankings(config):
     """Our means equal sentence-transformers' InformationRetrievalEvaluator on the same vectors."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+    )
     from sentence_transformers.util import cos_sim
 
     from embedding_pipeline.providers import build_provider

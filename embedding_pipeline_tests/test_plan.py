@@ -10,20 +10,30 @@ import dagster as dg
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.backup import TableRef, take_backup
+from embedding_pipeline.backup.postgres import TableRef
+from embedding_pipeline.backup.run import take_backup
 from embedding_pipeline.cli import smoke_commands
 from embedding_pipeline.cli.common import run_command
 from embedding_pipeline.config import load_config
+from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.cutover.plan_assets import build_plan as build_plan_defs
 from embedding_pipeline.defs.resources import PipelineResource
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.plan import REFERENCE_BUILD, IndexBuild, build_plan, estimate_index_seconds, write_plan
+from embedding_pipeline.evaluation.smoke import (
+    ensure_smoke_tables,
+    run_smoke,
+    store_smoke,
+)
+from embedding_pipeline.plan.gather import build_plan, write_plan
+from embedding_pipeline.plan.model import (
+    REFERENCE_BUILD,
+    IndexBuild,
+    estimate_index_seconds,
+)
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.read_path import ensure_read_path
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.smoke import ensure_smoke_tables, run_smoke, store_smoke
-from embedding_pipeline.spaces import prepare_source
+from embedding_pipeline.read_path.install import ensure_read_path
 from embedding_pipeline_tests.sources import TOPICS, make_documents
 
 SPACE = "minilm-256"

@@ -13,11 +13,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import RunInProgress, reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ProviderError
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import RunInProgress, reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import model_version, prepare_source, space_table_name
+from embedding_pipeline.spaces.model import model_version, space_table_name
 from embedding_pipeline_tests.sources import make_documents
 
 SPACE = "minilm-256"
@@ -125,9 +126,9 @@ def test_two_runs_of_one_partition_do_not_interleave(db, setup):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from embedding_pipeline.config import load_config
-    from embedding_pipeline.db import Database
+    from embedding_pipeline.db.connection import Database
     from embedding_pipeline.providers import build_provider
-    from embedding_pipeline.reembed import reembed
+    from embedding_pipeline.embeddings.reembed import reembed
     cfg = load_config()
     cfg = cfg.model_copy(update={"sources": {"documents": cfg.sources["documents"]}})
     p = build_provider("minilm-256", cfg.space("minilm-256"))

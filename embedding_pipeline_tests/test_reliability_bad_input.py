@@ -9,13 +9,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.coverage import space_counts
-from embedding_pipeline.evaluation.beir import import_beir_to_table, load_beir, load_eval_set, store_eval_set
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
+from embedding_pipeline.evaluation.beir import (
+    import_beir_to_table,
+    load_beir,
+    load_eval_set,
+    store_eval_set,
+)
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.read_path import search_space
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import inspect_source, prepare_source, space_table_name
+from embedding_pipeline.read_path.ann import search_space
+from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.reliability_report import record
 from embedding_pipeline_tests.sources import make_documents
 

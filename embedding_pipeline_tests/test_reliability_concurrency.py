@@ -16,14 +16,17 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.canaries import CANARY_TEXTS
-from embedding_pipeline.coverage import space_counts
-from embedding_pipeline.cutover import cutover
+from embedding_pipeline.cutover.switch import cutover
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.embeddings.reembed import RunInProgress, reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.read_path import search, view_name
-from embedding_pipeline.reembed import RunInProgress, reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import inspect_source, model_version, prepare_source, space_table_name
+from embedding_pipeline.read_path.install import view_name
+from embedding_pipeline.read_path.search import search
+from embedding_pipeline.spaces.canaries import CANARY_TEXTS
+from embedding_pipeline.spaces.model import model_version, space_table_name
+from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.conftest import TEST_CONFIG
 from embedding_pipeline_tests.reliability_report import record
 from embedding_pipeline_tests.sources import TOPICS, make_documents

@@ -32,11 +32,13 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.coverage import space_counts
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import index_name, inspect_source, model_version, prepare_source, space_table_name
+from embedding_pipeline.spaces.model import index_name, model_version, space_table_name
+from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.reliability_report import record
 from embedding_pipeline_tests.sources import make_documents
 
@@ -63,10 +65,10 @@ ZYGOTE = textwrap.dedent("""
     import psycopg
     from psycopg import sql
     import sentence_transformers, torch  # noqa: F401 - imported once, before forking
-    from embedding_pipeline import reembed as engine
-    from embedding_pipeline.canaries import CANARY_TEXTS
+    from embedding_pipeline.embeddings import reembed as engine
+    from embedding_pipeline.spaces.canaries import CANARY_TEXTS
     from embedding_pipeline.config import load_config
-    from embedding_pipeline.db import Database
+    from embedding_pipeline.db.connection import Database
     from embedding_pipeline.providers import build_provider
 
     def trial(phase, target, batch_size):

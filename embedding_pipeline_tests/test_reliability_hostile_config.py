@@ -15,16 +15,18 @@ from psycopg import sql
 
 from embedding_pipeline.cli import main
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.coverage import space_counts
-from embedding_pipeline.cutover import cutover
+from embedding_pipeline.cutover.status import status
+from embedding_pipeline.cutover.switch import cutover
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.read_path import search
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import inspect_source, prepare_source, space_table_name
-from embedding_pipeline.status import status
-from embedding_pipeline.validator import validate
+from embedding_pipeline.read_path.search import search
+from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.source import inspect_source
+from embedding_pipeline.spaces.validator import validate
 from embedding_pipeline_tests.reliability_report import record
 from embedding_pipeline_tests.sources import make_documents
 

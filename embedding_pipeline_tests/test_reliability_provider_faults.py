@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from psycopg import sql
 
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ProviderError
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import prepare_source, space_table_name
+from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline_tests.fault_proxy import FaultProxy
 from embedding_pipeline_tests.sources import make_documents
 

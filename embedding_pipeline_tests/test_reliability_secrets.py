@@ -19,12 +19,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from embedding_pipeline.cli import main
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db import Database, url_with_database
+from embedding_pipeline.db.connection import Database, url_with_database
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import CloudEndpointRefused, DatabaseError, ProviderError
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import prepare_source, registered_identity, space_table_name
+from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.registry import registered_identity
 from embedding_pipeline_tests.conftest import free_port
 from embedding_pipeline_tests.fault_proxy import FaultProxy
 from embedding_pipeline_tests.reliability_report import record

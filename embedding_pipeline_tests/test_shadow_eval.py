@@ -13,15 +13,26 @@ import yaml
 from psycopg import sql
 
 from embedding_pipeline.config import SourceConfig, load_config
-from embedding_pipeline.db import Database, ensure_extension, url_with_database
+from embedding_pipeline.db.connection import (
+    Database,
+    ensure_extension,
+    url_with_database,
+)
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.evaluation.beir import EvalSet, load_eval_set, store_eval_set
 from embedding_pipeline.evaluation.metrics import HEADLINE, evaluate_run
-from embedding_pipeline.evaluation.runner import compare_spaces, evaluate_active, pick_eval_set, run_space
+from embedding_pipeline.evaluation.runner import (
+    compare_spaces,
+    evaluate_active,
+    pick_eval_set,
+    run_space,
+)
 from embedding_pipeline.evaluation.search import search_queries, search_space
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import inspect_source, prepare_source, space_table_name
+from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.conftest import TEST_CONFIG
 from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
 from embedding_pipeline_tests.test_eval_metrics import _Precomputed
@@ -129,7 +140,9 @@ def _stored_vectors(conn, cfg, space) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("space", ["minilm-256", "minilm", "e5-small"])
 def test_db_search_metrics_equal_numpy_and_sentence_transformers(db, base_config, providers, space):
     """Metrics of our DB search equal exact numpy cosine and sentence-transformers' evaluator on the same vectors."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+    )
     from sentence_transformers.util import cos_sim
 
     _label(db, base_config)

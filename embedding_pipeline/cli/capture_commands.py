@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from embedding_pipeline.capture import MODES, capture_status, consume, disable_capture, enable_capture
 from embedding_pipeline.cli.common import add_json, emit
+from embedding_pipeline.db.queue import MODES
+from embedding_pipeline.embeddings.capture import (
+    capture_status,
+    consume,
+    disable_capture,
+    enable_capture,
+)
 from embedding_pipeline.errors import ConfigError
 
 
@@ -52,8 +58,8 @@ def cmd_capture(ctx, args):
 
 
 def register(sub):
-    from embedding_pipeline import drift
-    from embedding_pipeline.capture import queue_stats_hook
+    from embedding_pipeline.db.queue import queue_stats_hook
+    from embedding_pipeline.drift import stats as drift
 
     # Building the CLI is its composition point: `drift` then reports queue depth and lag per source.
     drift.set_queue_stats_hook(queue_stats_hook)

@@ -10,8 +10,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from embedding_pipeline.config import PipelineConfig, load_config
-from embedding_pipeline.db import Database
-from embedding_pipeline.errors import EmbeddingPipelineError, RefusedError, ValidationFailed
+from embedding_pipeline.db.connection import Database
+from embedding_pipeline.errors import (
+    EmbeddingPipelineError,
+    RefusedError,
+    ValidationFailed,
+)
 from embedding_pipeline.providers import build_provider
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2

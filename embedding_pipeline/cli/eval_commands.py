@@ -34,15 +34,27 @@ import time
 
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
 from embedding_pipeline.config import PipelineConfig, SourceConfig
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.evaluation.beir import import_beir_to_table, load_beir
-from embedding_pipeline.evaluation.metrics import HEADLINE, ann_recall_at_k, evaluate_run
-from embedding_pipeline.evaluation.beir import load_eval_set
-from embedding_pipeline.evaluation.runner import KS, agreement, compare_spaces, pick_eval_set
+from embedding_pipeline.evaluation.beir import (
+    import_beir_to_table,
+    load_beir,
+    load_eval_set,
+)
+from embedding_pipeline.evaluation.metrics import (
+    HEADLINE,
+    ann_recall_at_k,
+    evaluate_run,
+)
+from embedding_pipeline.evaluation.runner import (
+    KS,
+    agreement,
+    compare_spaces,
+    pick_eval_set,
+)
 from embedding_pipeline.evaluation.search import search_target, search_target_batch
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import active_space
+from embedding_pipeline.spaces.bindings import active_space
 
 METRIC_KEYS = (*HEADLINE, "precision@10")
 

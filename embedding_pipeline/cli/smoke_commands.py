@@ -7,8 +7,14 @@ import os
 import sys
 
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
-from embedding_pipeline.plan import build_plan, write_plan
-from embedding_pipeline.smoke import DEFAULT_CALLS, ensure_smoke_tables, run_smoke, store_smoke, summary
+from embedding_pipeline.evaluation.smoke import (
+    DEFAULT_CALLS,
+    ensure_smoke_tables,
+    run_smoke,
+    store_smoke,
+    summary,
+)
+from embedding_pipeline.plan.gather import build_plan, write_plan
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig, load_config
-from embedding_pipeline.db import Database
+from embedding_pipeline.db.connection import Database
 from embedding_pipeline.providers import build_provider
 
 

@@ -13,12 +13,12 @@ import os
 
 import psycopg
 
-from embedding_pipeline import embedded_postgres
 from embedding_pipeline.config import PipelineConfig, state_dir
-from embedding_pipeline.db import DATABASE_URL_ENV, Database
+from embedding_pipeline.db import embedded as embedded_postgres
+from embedding_pipeline.db.connection import DATABASE_URL_ENV, Database
 from embedding_pipeline.errors import DatabaseError, ValidationFailed
-from embedding_pipeline.spaces import inspect_source
-from embedding_pipeline.validator import dimension_checks
+from embedding_pipeline.spaces.source import inspect_source
+from embedding_pipeline.spaces.validator import dimension_checks
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from embedding_pipeline.db import column_types, table_exists
-from embedding_pipeline.providers.base import clean_text
+from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
+from embedding_pipeline.providers.base import clean_text
 
 EVAL_DDL_LOCK = 724_311_002  # pg_advisory_xact_lock key for the eval tables' DDL
 QUERY_WORDS = 12

@@ -28,17 +28,27 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.coverage import space_counts
-from embedding_pipeline.db import Database
+from embedding_pipeline.db.connection import Database
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.evaluation.beir import (
-    EvalSet, ensure_eval_tables, load_eval_set, sample_unlabeled_from_source, store_eval_set,
+    EvalSet,
+    ensure_eval_tables,
+    load_eval_set,
+    sample_unlabeled_from_source,
+    store_eval_set,
 )
-from embedding_pipeline.evaluation.metrics import ann_recall_at_k, evaluate_run, overlap_at_k, rank_correlation
+from embedding_pipeline.evaluation.metrics import (
+    ann_recall_at_k,
+    evaluate_run,
+    overlap_at_k,
+    rank_correlation,
+)
 from embedding_pipeline.evaluation.report import write_report
 from embedding_pipeline.evaluation.search import search_target, search_target_batch
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import SourceTable, active_space, inspect_source
+from embedding_pipeline.spaces.bindings import active_space
+from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 KS = (1, 3, 5, 10, 100)
 ANN_K = 10

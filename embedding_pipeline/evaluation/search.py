@@ -24,9 +24,11 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.db import column_types, table_exists
+from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
-from embedding_pipeline.spaces import SourceTable, has_index, inspect_source, space_table_name
+from embedding_pipeline.spaces.bindings import has_index
+from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 MODES = ("exact", "hnsw")
 DISTANCE = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}

@@ -8,7 +8,9 @@ from embedding_pipeline.providers.base import EmbeddingProvider
 
 def build_provider(name: str, config) -> EmbeddingProvider:
     if isinstance(config, SentenceTransformersSpace):
-        from embedding_pipeline.providers.sentence_transformers import SentenceTransformersProvider
+        from embedding_pipeline.providers.sentence_transformers import (
+            SentenceTransformersProvider,
+        )
 
         return SentenceTransformersProvider(name, config)
     if isinstance(config, OpenAISpace):

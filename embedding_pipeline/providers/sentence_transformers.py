@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from embedding_pipeline.errors import ProviderError
-from embedding_pipeline.models import resolve_model_path
 from embedding_pipeline.providers.base import EmbeddingProvider
+from embedding_pipeline.providers.weights import resolve_model_path
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,18 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from embedding_pipeline import embedded_postgres
-from embedding_pipeline.config import PACKAGED_CONFIG, PipelineConfig, SentenceTransformersSpace, load_config
-from embedding_pipeline.db import Database, ensure_extension, url_with_database
+from embedding_pipeline.config import (
+    PACKAGED_CONFIG,
+    PipelineConfig,
+    SentenceTransformersSpace,
+    load_config,
+)
+from embedding_pipeline.db import embedded as embedded_postgres
+from embedding_pipeline.db.connection import (
+    Database,
+    ensure_extension,
+    url_with_database,
+)
 from embedding_pipeline.providers.base import EmbeddingProvider
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,8 +144,8 @@ def make_source(conn, n: int, table: str = SOURCE, legacy_column: bool = True) -
 
 def prepare(conn, cfg: PipelineConfig, rows: int, spaces: list[str], provider_for):
     """Project schema, a source of `rows` rows, and the spaces' tables and bindings; the SourceTable."""
-    from embedding_pipeline.schema import ensure_schema
-    from embedding_pipeline.spaces import prepare_source
+    from embedding_pipeline.db.schema import ensure_schema
+    from embedding_pipeline.embeddings.setup import prepare_source
 
     ensure_schema(conn, cfg.project_schema)
     conn.commit()

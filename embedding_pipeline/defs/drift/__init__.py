@@ -6,7 +6,11 @@ import dagster as dg
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.drift.assets import build_drift_asset, build_drift_job
 from embedding_pipeline.defs.drift.schedules import build_nightly_schedule
-from embedding_pipeline.defs.drift.sensors import build_catch_up_sensor, drift_alert_sensor, drift_run_failure_sensor
+from embedding_pipeline.defs.drift.sensors import (
+    build_catch_up_sensor,
+    drift_alert_sensor,
+    drift_run_failure_sensor,
+)
 from embedding_pipeline.defs.resources import source_partitions
 
 

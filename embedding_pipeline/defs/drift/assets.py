@@ -20,11 +20,12 @@ import warnings
 
 import dagster as dg
 
-from embedding_pipeline import alerts, drift
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.resources import PipelineResource, asset_name
-from embedding_pipeline.drift_plot import data_uri, plot_version_history
-from embedding_pipeline.schema import ensure_schema
+from embedding_pipeline.drift import alerts
+from embedding_pipeline.drift import stats as drift
+from embedding_pipeline.drift.plot import data_uri, plot_version_history
 
 DRIFT_KEY = dg.AssetKey(["drift", "drift_stats"])
 QUALITY_CHECK = "quality_no_regression"

@@ -14,10 +14,11 @@ import time
 
 import dagster as dg
 
-from embedding_pipeline import alerts, errors
+from embedding_pipeline import errors
+from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.drift.assets import DRIFT_KEY
 from embedding_pipeline.defs.resources import PipelineResource
-from embedding_pipeline.schema import ensure_schema
+from embedding_pipeline.drift import alerts
 
 MAX_AGE_HOURS = 26.0  # one night plus slack for a slow run
 # Our own errors promise messages without document content; other exceptions only show their class.

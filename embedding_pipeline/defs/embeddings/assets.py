@@ -9,10 +9,14 @@ partition is cheap (unchanged rows are skipped by content hash) and resumes afte
 import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.defs.resources import PipelineResource, asset_name, source_partitions
-from embedding_pipeline.reembed import reembed
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import prepare_source
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.defs.resources import (
+    PipelineResource,
+    asset_name,
+    source_partitions,
+)
+from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.setup import prepare_source
 
 
 def _build_reembed_asset(*, space: str, config: PipelineConfig,

@@ -13,9 +13,14 @@ import time
 
 import dagster as dg
 
-from embedding_pipeline.capture import consume, pending_signal
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.defs.resources import PipelineResource, asset_name, source_partitions
+from embedding_pipeline.db.queue import pending_signal
+from embedding_pipeline.defs.resources import (
+    PipelineResource,
+    asset_name,
+    source_partitions,
+)
+from embedding_pipeline.embeddings.capture import consume
 from embedding_pipeline.errors import EmbeddingPipelineError
 
 JOB_NAME = "capture_consume"
@@ -99,8 +104,8 @@ def _build_sensor(job: dg.JobDefinition, interval_seconds: int, retry_after_seco
 
 def build_capture(config: PipelineConfig, *, interval_seconds: int = 60,
                   retry_after_seconds: float = 600.0) -> dg.Definitions:
-    from embedding_pipeline import drift
-    from embedding_pipeline.capture import queue_stats_hook
+    from embedding_pipeline.db.queue import queue_stats_hook
+    from embedding_pipeline.drift import stats as drift
 
     # The drift stats report queue depth and lag per source through this hook.
     drift.set_queue_stats_hook(queue_stats_hook)

@@ -14,11 +14,15 @@ from pathlib import Path
 import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.defs.resources import PipelineResource, asset_name, source_partitions
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.defs.resources import (
+    PipelineResource,
+    asset_name,
+    source_partitions,
+)
 from embedding_pipeline.evaluation.report import inline_markdown
 from embedding_pipeline.evaluation.runner import compare_spaces, pick_eval_set
-from embedding_pipeline.schema import ensure_schema
-from embedding_pipeline.spaces import active_space, binding
+from embedding_pipeline.spaces.bindings import active_space, binding
 
 CHECK = "ndcg_gate"
 

@@ -12,7 +12,13 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.resources import PipelineResource, asset_name
-from embedding_pipeline.smoke import DEFAULT_CALLS, ensure_smoke_tables, run_smoke, store_smoke, summary
+from embedding_pipeline.evaluation.smoke import (
+    DEFAULT_CALLS,
+    ensure_smoke_tables,
+    run_smoke,
+    store_smoke,
+    summary,
+)
 
 
 class SmokeConfig(dg.Config):

@@ -1,0 +1,349 @@
+"""Drift: are a source's vectors still from one model, complete, fresh and clean?
+
+For every space bound to a source (a per-model table or the adopted legacy column) this
+reports the ``model_version`` distribution (anything but one version is drift), coverage
+(embedded / eligible rows), stale vectors (content hash differs from the row's content now),
+orphans (vectors of rows gone, filtered out or blanked), NULL vectors and the declared vs
+configured dimension. Each run appends to ``<schema>.drift_history``; ``evaluate`` turns the
+stats into checks whose findings name table, space, numbers and the fix (never content).
+The nightly quality regression baseline lives here too.
+
+Cost per (source, space), from ``coverage.space_counts`` plus catalog lookups:
+- per-model table: one hash FULL JOIN of the source's eligible rows with the space table.
+  The source side is a sequential scan reading id + content and hashing every content
+  (sha256, CPU-bound, in the order of a second per million short rows); the space side
+  reads primary key + content_sha256 from the heap (not index-only: the hash is not
+  indexed). The ``GROUP BY model_version`` is a second sequential scan of the space table,
+  whose rows hold the vector inline (about 1-1.6 KB each at 256-384 dimensions), so at
+  10M rows that scan reads 10-16 GB and dominates; with the CHECK constraint validated the
+  database already guarantees one version (see the lead's note on skipping the scan).
+- legacy column: one sequential scan of the source; ``count(column)`` reads the NULL bitmap
+  only and never detoasts a vector.
+- dimensions, the NOT NULL flag and the CHECK constraint: catalog lookups, no table read.
+  NULL vectors in a per-model table are counted only when its NOT NULL is gone (otherwise
+  they are 0 by construction, no scan). Non-finite values cannot be stored at all: pgvector
+  rejects NaN and +-Infinity on input (text and binary), so there is nothing to scan for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.embeddings.coverage import SpaceCounts, space_counts
+from embedding_pipeline.spaces.bindings import bindings
+from embedding_pipeline.spaces.model import model_version
+from embedding_pipeline.spaces.source import SourceTable, inspect_source
+
+CHECKED_STATUSES = ("active", "shadow")  # retired spaces are frozen for rollback: reported, not checked
+
+_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS {s}",
+    """CREATE TABLE IF NOT EXISTS {s}.drift_history (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        source text NOT NULL,
+        space text NOT NULL,
+        status text NOT NULL,
+        eligible bigint NOT NULL,
+        stored bigint NOT NULL,
+        stale bigint NOT NULL,
+        orphans bigint NOT NULL,
+        null_vectors bigint NOT NULL,
+        coverage double precision NOT NULL,
+        version_share double precision NOT NULL,
+        versions jsonb NOT NULL DEFAULT '{{}}',
+        declared_dims integer,
+        configured_dims integer NOT NULL,
+        queue_depth integer,
+        queue_lag_seconds double precision
+    )""",
+    "CREATE INDEX IF NOT EXISTS drift_history_source_at ON {s}.drift_history (source, at)",
+    """CREATE TABLE IF NOT EXISTS {s}.quality_baselines (
+        source text NOT NULL,
+        space text NOT NULL,
+        eval_set text NOT NULL,
+        ndcg_at_10 double precision NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (source, space, eval_set)
+    )""",
+]
+DRIFT_DDL_LOCK = 724_311_007
+
+
+def ensure_drift_tables(conn: psycopg.Connection, schema: str) -> None:
+    """Create drift_history and quality_baselines if missing (idempotent, serialised).
+
+    The lock is a transaction lock: on a connection with a transaction already open, commit
+    soon after, or other processes creating the tables wait for that commit.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (DRIFT_DDL_LOCK,))
+        for stmt in _DDL:
+            conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
+
+
+@dataclass
+class SpaceDrift:
+    """One bound space's stats: the shared counts plus what only drift looks at."""
+
+    counts: SpaceCounts
+    status: str  # the binding's: active | shadow | retired
+    source_table: str  # schema.table of the source, for messages
+    version_pinned: bool | None = None  # CHECK (model_version = ...) present and validated; None: legacy
+    wrong_dims: int = 0  # vectors of another dimension in a column that declares none
+    queue_depth: int | None = None
+    queue_lag_seconds: float | None = None
+
+    @property
+    def source(self) -> str:
+        return self.counts.source
+
+    @property
+    def space(self) -> str:
+        return self.counts.space
+
+    @property
+    def checked(self) -> bool:
+        return self.status in CHECKED_STATUSES
+
+    def to_json(self) -> dict:
+        return {**self.counts.to_json(), "status": self.status, "source_table": self.source_table,
+                "version_pinned": self.version_pinned, "wrong_dims": self.wrong_dims,
+                "queue_depth": self.queue_depth, "queue_lag_seconds": self.queue_lag_seconds}
+
+
+# Change capture (another module) reports its queue per source through this hook:
+# fn(conn, config, source) -> {"queue_depth": int, "queue_lag_seconds": float} | None.
+QueueStatsHook = Callable[[psycopg.Connection, PipelineConfig, str], "dict | None"]
+_queue_stats_hook: QueueStatsHook | None = None
+
+
+def set_queue_stats_hook(fn: QueueStatsHook | None) -> None:
+    global _queue_stats_hook
+    _queue_stats_hook = fn
+
+
+def queue_stats_for(conn, config: PipelineConfig, source: str) -> dict | None:
+    return _queue_stats_hook(conn, config, source) if _queue_stats_hook else None
+
+
+def collect(conn: psycopg.Connection, config: PipelineConfig, source: str, *,
+            queue_stats: dict | None = None) -> list[SpaceDrift]:
+    """Stats for every space bound to ``source`` (deleted bindings and unconfigured retired ones skipped).
+
+    Returns [] when nothing is bound yet (``setup`` never ran for the source).
+    """
+    src_cfg = config.source(source)  # an unknown name raises ConfigError listing the configured sources
+    bound = [b for b in bindings(conn, config.project_schema, source)
+             if b["status"] != "deleted" and (b["status"] != "retired" or b["space"] in config.spaces)]
+    if not bound:
+        return []
+    src = inspect_source(conn, source, src_cfg)
+    queue_stats = queue_stats or {}
+    out = []
+    for b in bound:
+        counts = space_counts(conn, config, src, b["space"])
+        drift = SpaceDrift(counts, b["status"], src.qualified,
+                           queue_depth=queue_stats.get("queue_depth"),
+                           queue_lag_seconds=queue_stats.get("queue_lag_seconds"))
+        if b["storage"] == "table":
+            _table_extras(conn, config, b, drift)
+        elif counts.declared_dims is None:
+            drift.wrong_dims = _wrong_dims(conn, src, b["vector_column"], counts.configured_dims)
+        out.append(drift)
+    return out
+
+
+def _table_extras(conn, config: PipelineConfig, b: dict, drift: SpaceDrift) -> None:
+    expected = model_version(b["space"], config.space(b["space"]))
+    rel = sql.Identifier(b["table_schema"], b["table_name"]).as_string(conn)
+    row = conn.execute(
+        "SELECT a.attnotnull, EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c' "
+        "  AND k.convalidated AND position(quote_literal(%s::text) IN pg_get_constraintdef(k.oid)) > 0) "
+        "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+        "WHERE c.oid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
+        (expected, rel, b["vector_column"])).fetchone()
+    if row is None:
+        return  # the table is not created yet: counts already say 0 stored
+    notnull, drift.version_pinned = row
+    if not notnull:
+        drift.counts.null_vectors = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
+            sql.Identifier(b["table_schema"], b["table_name"]), sql.Identifier(b["vector_column"]))).fetchone()[0]
+
+
+def _wrong_dims(conn, src: SourceTable, column: str, dims: int) -> int:
+    """A column declared without a dimension can mix models of different sizes: count the misfits."""
+    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {c} IS NOT NULL AND vector_dims({c}) <> {d}").format(
+        src.ident, c=sql.Identifier(column), d=sql.Literal(dims))).fetchone()[0]
+
+
+def record(conn: psycopg.Connection, schema: str, drifts: list[SpaceDrift], at: datetime | None = None) -> int:
+    """Append one drift_history row per space (in the caller's transaction); return how many."""
+    rows = [(d.source, d.space, d.status, d.counts.eligible, d.counts.stored, d.counts.stale, d.counts.orphans,
+             d.counts.null_vectors, d.counts.coverage, d.counts.version_share, json.dumps(d.counts.versions),
+             d.counts.declared_dims, d.counts.configured_dims, d.queue_depth, d.queue_lag_seconds) for d in drifts]
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(sql.SQL(
+                "INSERT INTO {}.drift_history (at, source, space, status, eligible, stored, stale, orphans, "
+                "null_vectors, coverage, version_share, versions, declared_dims, configured_dims, queue_depth, "
+                "queue_lag_seconds) VALUES (coalesce(%s, now()), %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            ).format(sql.Identifier(schema)), [(at, *r) for r in rows])
+    return len(rows)
+
+
+def history(conn: psycopg.Connection, schema: str, source: str, limit: int = 2000) -> list[dict]:
+    """The latest ``limit`` drift_history rows of a source, oldest first."""
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    rows = cur.execute(sql.SQL(
+        "SELECT * FROM (SELECT * FROM {}.drift_history WHERE source = %s ORDER BY at DESC, id DESC LIMIT %s) h "
+        "ORDER BY at, id").format(sql.Identifier(schema)), (source, limit)).fetchall()
+    return rows
+
+
+def quality_regression(conn: psycopg.Connection, config: PipelineConfig, source: str, space: str,
+                       ndcg_now: float, *, eval_set: str = "default") -> dict:
+    """Compare nDCG@10 now with the first result kept for (source, space, eval set).
+
+    The first call stores ``ndcg_now`` as the baseline. A later result regresses when it is
+    more than ``config.eval.regression_margin`` below the baseline (exactly the margin is
+    not a regression). The baseline is never moved by later runs: a slow slide over many
+    nights still adds up against the first number.
+    """
+    ensure_drift_tables(conn, config.project_schema)
+    margin = config.eval.regression_margin
+    with conn.transaction():
+        inserted = conn.execute(sql.SQL(
+            "INSERT INTO {}.quality_baselines (source, space, eval_set, ndcg_at_10) VALUES (%s,%s,%s,%s) "
+            "ON CONFLICT (source, space, eval_set) DO NOTHING RETURNING ndcg_at_10").format(
+                sql.Identifier(config.project_schema)), (source, space, eval_set, float(ndcg_now))).fetchone()
+        baseline = inserted[0] if inserted else conn.execute(sql.SQL(
+            "SELECT ndcg_at_10 FROM {}.quality_baselines WHERE source = %s AND space = %s AND eval_set = %s").format(
+                sql.Identifier(config.project_schema)), (source, space, eval_set)).fetchone()[0]
+    drop = baseline - float(ndcg_now)
+    # A tolerance of 1e-12 keeps "exactly the margin" on the passing side despite float rounding.
+    return {"source": source, "space": space, "eval_set": eval_set, "ndcg_at_10": float(ndcg_now),
+            "baseline": baseline, "drop": drop, "margin": margin, "baseline_created": inserted is not None,
+            "regressed": drop > margin + 1e-12}
+
+
+# ---------------------------------------------------------------- checks
+
+ERROR, WARN = "ERROR", "WARN"
+# name -> (blocking, description). Blocking checks gate the cutover: a run that also
+# materializes something downstream of the drift stats stops on their ERROR.
+CHECKS: dict[str, tuple[bool, str]] = {
+    "single_model_version": (True, "every stored vector carries its space's model_version (ERROR)"),
+    "dimensions_match": (True, "declared vector dimension equals the configured one (ERROR)"),
+    "coverage": (False, "embedded / eligible rows >= drift.coverage_threshold for the active space (ERROR), "
+                        ">= drift.shadow_coverage_threshold for shadow spaces (WARN)"),
+    "no_stale_vectors": (False, "no vector embedded from an older content (ERROR on the active space, "
+                                "WARN on shadows)"),
+    "no_orphans": (False, "no vector of a deleted, filtered-out or blank row (WARN: invisible to joins, costs space)"),
+    "no_null_vectors": (False, "no NULL vector in a per-model table (ERROR active, WARN shadow); non-finite "
+                               "values are refused by pgvector itself"),
+    "queue_lag": (False, "change-capture queue lag <= drift.max_queue_lag_seconds (WARN; passes without capture)"),
+}
+
+
+@dataclass
+class Finding:
+    source: str
+    space: str | None
+    check: str
+    severity: str
+    message: str
+    details: dict
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    findings: list[Finding]
+    metadata: dict
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+    @property
+    def severity(self) -> str:
+        return ERROR if any(f.severity == ERROR for f in self.findings) or not self.findings else WARN
+
+
+def _reembed_fix(d: SpaceDrift) -> str:
+    return f"run `embedding-pipeline reembed --source {d.source} --space {d.space}`"
+
+
+def _find(d: SpaceDrift, check: str, config: PipelineConfig) -> tuple[str, dict] | None:
+    """(message, numbers) when ``d`` fails ``check``; the message states table, space, numbers and the fix."""
+    c, t, legacy = d.counts, d.counts.table, d.counts.storage == "legacy_column"
+    if check == "single_model_version" and c.version_share < 1.0:
+        foreign = sum(n for v, n in c.versions.items() if v != c.expected_version)
+        fix = (f"delete them (DELETE FROM {t} WHERE model_version <> '{c.expected_version}') and {_reembed_fix(d)}"
+               + ("; the CHECK constraint pinning model_version is missing: restore it" if d.version_pinned is False
+                  else ""))
+        return (f"{t}: {foreign} of {sum(c.versions.values())} vectors carry a model_version other than space "
+                f"{d.space}'s {c.expected_version} (versions {c.versions}). Fix: {fix}",
+                {"foreign": foreign, "versions": c.versions, "expected": c.expected_version,
+                 "version_pinned": d.version_pinned})
+    if check == "dimensions_match" and (not c.dims_ok or d.wrong_dims):
+        detail = (f"is declared {c.declared_dims}-d" if not c.dims_ok
+                  else f"declares no dimension and holds {d.wrong_dims} vectors that are not {c.configured_dims}-d")
+        return (f"{t} {detail} but space {d.space} is configured {c.configured_dims}-d. Fix: restore the space's "
+                "dimensions in the config, or register the new model under a new space name and migrate to it",
+                {"declared": c.declared_dims, "configured": c.configured_dims, "wrong_dims": d.wrong_dims})
+    if check == "coverage":
+        threshold = config.drift.coverage_threshold if d.status == "active" else config.drift.shadow_coverage_threshold
+        if c.coverage < threshold:
+            fix = ("the application writes this column: fix its embedding writer for rows with NULL vectors, or cut "
+                   "over to a built space") if legacy else _reembed_fix(d)
+            return (f"{t}: {c.covered} of {c.eligible} eligible rows of {d.source_table} have a vector in space "
+                    f"{d.space} ({100 * c.coverage:.2f}% < {100 * threshold:.2f}%, {c.missing} missing). Fix: {fix}",
+                    {"covered": c.covered, "eligible": c.eligible, "missing": c.missing,
+                     "coverage": round(c.coverage, 6), "threshold": threshold})
+    if check == "no_stale_vectors" and c.stale:
+        return (f"{t}: {c.stale} vectors of space {d.space} were embedded from an older content of their "
+                f"{d.source_table} row. Fix: {_reembed_fix(d)}", {"stale": c.stale})
+    if check == "no_orphans" and c.orphans:
+        return (f"{t}: {c.orphans} vectors of space {d.space} belong to {d.source_table} rows that are gone, "
+                f"filtered out or blank. Fix: {_reembed_fix(d)} (it deletes them)", {"orphans": c.orphans})
+    if check == "no_null_vectors" and c.null_vectors and not legacy:
+        return (f"{t}: {c.null_vectors} NULL vectors in space {d.space} (its NOT NULL constraint is gone). Fix: "
+                f"DELETE FROM {t} WHERE embedding IS NULL, {_reembed_fix(d)} and restore NOT NULL",
+                {"null_vectors": c.null_vectors})
+    max_lag = config.drift.max_queue_lag_seconds
+    if check == "queue_lag" and d.queue_lag_seconds is not None and d.queue_lag_seconds > max_lag:
+        return (f"{d.source_table}: change-capture queue for space {d.space} lags {d.queue_lag_seconds:.0f}s "
+                f"(> {max_lag:.0f}s, {d.queue_depth} queued). Fix: check the capture worker is running and keeping up",
+                {"queue_lag_seconds": d.queue_lag_seconds, "queue_depth": d.queue_depth})
+    return None
+
+
+def _severity(d: SpaceDrift, check: str) -> str:
+    if check in ("single_model_version", "dimensions_match"):
+        return ERROR
+    if check in ("coverage", "no_stale_vectors", "no_null_vectors"):
+        return ERROR if d.status == "active" else WARN
+    return WARN
+
+
+def evaluate(config: PipelineConfig, drifts: list[SpaceDrift]) -> list[CheckOutcome]:
+    """Every check in CHECKS over the active and shadow spaces; a check with no findings passed."""
+    outcomes = []
+    for check in CHECKS:
+        findings, meta = [], {}
+        for d in (d for d in drifts if d.checked):
+            hit = _find(d, check, config)
+            meta[d.space] = {"status": d.status, **(hit[1] if hit else {})}
+            if hit:
+                findings.append(Finding(d.source, d.space, check, _severity(d, check), hit[0], hit[1]))
+        outcomes.append(CheckOutcome(check, findings, meta))
+    return outcomes

@@ -1,0 +1,119 @@
+"""How complete and how pure one space's vectors are for one source, counted in SQL.
+
+Shared by the cutover gate, drift stats and status: eligible rows, stored vectors, missing,
+stale (content changed since embedding), orphans (source row gone, filtered or blank), and the
+distribution of ``model_version``. For an adopted legacy column (no version stored) the
+non-NULL vectors are counted under the legacy space's version and the NULL share is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from psycopg import sql
+
+from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db.connection import declared_dimension
+from embedding_pipeline.spaces.model import hash_expr, model_version, space_table_name
+from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable
+
+
+@dataclass
+class SpaceCounts:
+    source: str
+    space: str
+    storage: str  # 'table' | 'legacy_column'
+    table: str
+    eligible: int = 0
+    stored: int = 0
+    covered: int = 0
+    stale: int = 0
+    orphans: int = 0
+    null_vectors: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    expected_version: str = ""
+    declared_dims: int | None = None
+    configured_dims: int = 0
+
+    @property
+    def missing(self) -> int:
+        return self.eligible - self.covered
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.eligible if self.eligible else 1.0
+
+    @property
+    def version_share(self) -> float:
+        """Share of stored vectors carrying the space's own version (1.0 = one model, no drift)."""
+        total = sum(self.versions.values())
+        return self.versions.get(self.expected_version, 0) / total if total else 1.0
+
+    @property
+    def null_share(self) -> float:
+        return self.null_vectors / self.eligible if self.eligible else 0.0
+
+    @property
+    def dims_ok(self) -> bool:
+        return self.declared_dims is None or self.declared_dims == self.configured_dims
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(missing=self.missing, coverage=round(self.coverage, 6), version_share=round(self.version_share, 6),
+                 null_share=round(self.null_share, 6), dims_ok=self.dims_ok)
+        return d
+
+
+def table_counts(conn, config: PipelineConfig, source: SourceTable, space: str) -> SpaceCounts:
+    """Counts for a per-model table in one pass over the source and the table."""
+    cfg = config.space(space)
+    schema = config.project_schema
+    table = space_table_name(source.name, space)
+    counts = SpaceCounts(source.name, space, "table", f"{schema}.{table}", expected_version=model_version(space, cfg),
+                         configured_dims=cfg.dimensions)
+    counts.declared_dims = declared_dimension(conn, schema, table, "embedding")
+    if counts.declared_dims is None and not _exists(conn, schema, table):
+        counts.eligible = conn.execute(sql.SQL("SELECT count(*) FROM ({}) s").format(source.eligible_rows())).fetchone()[0]
+        return counts
+    tbl = sql.Identifier(schema, table)
+    row = conn.execute(sql.SQL(
+        "SELECT count(s.id), count(e.source_id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
+        "count(*) FILTER (WHERE s.id IS NULL) "
+        "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id"
+    ).format(h=hash_expr(cfg.fingerprint, sql.SQL("s.content")), eligible=source.eligible_rows(), tbl=tbl)).fetchone()
+    counts.eligible, counts.stored, counts.covered, counts.stale, counts.orphans = row
+    counts.versions = dict(conn.execute(
+        sql.SQL("SELECT model_version, count(*) FROM {} GROUP BY 1 ORDER BY 2 DESC").format(tbl)).fetchall())
+    return counts
+
+
+def legacy_counts(conn, config: PipelineConfig, source: SourceTable) -> SpaceCounts:
+    """The adopted in-place column: coverage is its non-NULL share among eligible rows."""
+    c = source.cfg
+    cfg = config.space(c.legacy_space)
+    version = model_version(c.legacy_space, cfg)
+    counts = SpaceCounts(source.name, c.legacy_space, "legacy_column",
+                         f"{c.schema_}.{c.table}.{c.legacy_vector_column}", expected_version=version,
+                         configured_dims=cfg.dimensions)
+    counts.declared_dims = declared_dimension(conn, c.schema_, c.table, c.legacy_vector_column)
+    filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
+    eligible, nonnull = conn.execute(sql.SQL(
+        "SELECT count(*), count({v}) FROM {tbl} WHERE ({filt}) AND {t} " + HAS_TEXT
+    ).format(v=sql.Identifier(c.legacy_vector_column), tbl=source.ident, filt=filt,
+             t=sql.Identifier(c.text_column))).fetchone()
+    counts.eligible, counts.stored, counts.covered = eligible, nonnull, nonnull
+    counts.null_vectors = eligible - nonnull
+    counts.versions = {version: nonnull} if nonnull else {}
+    return counts
+
+
+def space_counts(conn, config: PipelineConfig, source: SourceTable, space: str) -> SpaceCounts:
+    if source.cfg.legacy_space == space:
+        return legacy_counts(conn, config, source)
+    return table_counts(conn, config, source, space)
+
+
+def _exists(conn, schema: str, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]

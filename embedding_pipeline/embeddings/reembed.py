@@ -1,0 +1,287 @@
+"""The re-embedding engine: stream a source table into one space's table, resumably.
+
+One pass: delete vectors whose source row is gone, filtered out or blank; stream the rows
+whose vector is missing or stale (content hash over content *and* space identity) with a
+server-side cursor in key order; embed in batches; write each batch with binary COPY into
+a temporary staging table and upsert from it, one transaction per batch. A kill -9 loses at
+most the batch in flight and a rerun resumes where the last commit left off. Encoding and
+writing overlap: a writer thread commits batch N while the model encodes batch N+1.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from psycopg import sql
+
+from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db.connection import Database
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.errors import EmbeddingPipelineError
+from embedding_pipeline.spaces.bindings import build_index, ensure_binding
+from embedding_pipeline.spaces.model import hash_expr, model_version, space_table_name
+from embedding_pipeline.spaces.registry import register_space
+from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable, inspect_source
+
+log = logging.getLogger(__name__)
+
+
+READ_BATCHES = 16
+
+
+class RunInProgress(EmbeddingPipelineError):
+    """Another run holds this (source, space): two writers must never interleave."""
+
+
+@dataclass
+class ReembedStats:
+    source: str
+    space: str
+    todo: int = 0
+    embedded: int = 0
+    deleted: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    altered: Counter = field(default_factory=Counter)
+    eligible: int = 0
+    stored: int = 0
+    seconds: float = 0.0
+    index_built: bool = False
+    index_seconds: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+    @property
+    def coverage(self) -> float:
+        return self.stored / self.eligible if self.eligible else 1.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(skipped=dict(self.skipped), altered=dict(self.altered), rows_per_s=round(self.rows_per_s, 1),
+                 coverage=round(self.coverage, 6))
+        return d
+
+
+def pending_rows(source: SourceTable, schema: str, space: str, fingerprint: str, ids: bool = False,
+                 ordered: bool = False) -> sql.Composed:
+    """Eligible rows with no vector in this space, or a vector of an older content."""
+    tbl = sql.Identifier(schema, space_table_name(source.name, space))
+    h = hash_expr(fingerprint, sql.SQL("s.content"))
+    # A row of another version (written by bypassing us with the CHECK dropped) is re-embedded too.
+    mv = sql.Literal(f"{space}@{fingerprint[:16]}")  # == spaces.model_version(space, cfg)
+    id_filter = sql.SQL("AND s.id = ANY(%(ids)s)") if ids else sql.SQL("")
+    return sql.SQL(
+        "SELECT s.id::text AS id_text, s.content, {h} AS sha FROM ({eligible}) s "
+        "LEFT JOIN {tbl} e ON e.source_id = s.id "
+        "WHERE (e.source_id IS NULL OR e.content_sha256 <> {h} OR e.model_version <> {mv}) {id_filter} {order}"
+    ).format(h=h, mv=mv, eligible=source.eligible_rows(), tbl=tbl, id_filter=id_filter,
+             order=sql.SQL("ORDER BY s.id") if ordered else sql.SQL(""))
+
+
+def delete_orphans(conn, source: SourceTable, schema: str, space: str, ids: list | None = None) -> int:
+    """Vectors whose source row is gone, filtered out (soft-deleted) or blank; only `ids` when given."""
+    tbl = sql.Identifier(schema, space_table_name(source.name, space))
+    only = sql.SQL("e.source_id = ANY(%(ids)s) AND") if ids is not None else sql.SQL("")
+    cur = conn.execute(sql.SQL(
+        "DELETE FROM {tbl} e WHERE {only} NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
+    ).format(tbl=tbl, only=only, eligible=source.eligible_rows()), {"ids": ids} if ids is not None else None)
+    return cur.rowcount
+
+
+def blank_counts(conn, source: SourceTable) -> Counter:
+    c = source.cfg
+    filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
+    row = conn.execute(sql.SQL(
+        "SELECT count(*) FILTER (WHERE {t} IS NULL), count(*) FILTER (WHERE {t} IS NOT NULL AND NOT ({t} " + HAS_TEXT + ")) "
+        "FROM {tbl} WHERE ({filt})").format(t=sql.Identifier(c.text_column), tbl=source.ident, filt=filt)).fetchone()
+    return Counter({k: v for k, v in zip(("null", "blank"), row) if v})
+
+
+def coverage_counts(conn, source: SourceTable, schema: str, space: str) -> tuple[int, int]:
+    tbl = sql.Identifier(schema, space_table_name(source.name, space))
+    row = conn.execute(sql.SQL("SELECT (SELECT count(*) FROM ({e}) s), (SELECT count(*) FROM {t})").format(
+        e=source.eligible_rows(), t=tbl)).fetchone()
+    return row[0], row[1]
+
+
+class _Writer:
+    """Writes batches on its own connection and thread so that encoding never waits on I/O."""
+
+    def __init__(self, db: Database, source: SourceTable, schema: str, space: str, cfg):
+        self.conn = db.connect()
+        self.table = sql.Identifier(schema, space_table_name(source.name, space))
+        self.version = model_version(space, cfg)
+        self.storage = cfg.storage_type
+        self.id_type = sql.SQL(source.id_type)
+        self.eligible = source.eligible_rows()
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.written = 0
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS ep_stage (source_id text, content_sha256 bytea, embedding {}) "
+                "ON COMMIT DELETE ROWS").format(sql.SQL(self.storage)))
+        self.thread = threading.Thread(target=self._run, name="reembed-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain; the main thread will raise
+            try:
+                self.written += self._write(*item)
+            except BaseException as e:  # surfaced to the caller by put()/close()
+                self.error = e
+
+    def _write(self, ids, shas, vectors) -> int:
+        from pgvector import HalfVector
+
+        with self.conn.transaction():
+            with self.conn.cursor() as cur:
+                with cur.copy("COPY ep_stage (source_id, content_sha256, embedding) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["text", "bytea", self.storage])
+                    half = self.storage == "halfvec"
+                    for i, s, v in zip(ids, shas, vectors):
+                        cp.write_row((i, s, HalfVector(v) if half else v))
+                # Only rows still eligible are written, so a row deleted mid-run leaves no orphan. The
+                # check is keyed by this batch's ids: as a plain EXISTS the planner hash-joins the whole
+                # source per batch (measured 1.66 s/batch at 1M rows; 8.9x faster this way).
+                cur.execute(sql.SQL(
+                    "INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding, embedded_at) "
+                    "SELECT st.source_id::{idt}, {mv}, st.content_sha256, st.embedding, now() FROM ep_stage st "
+                    "WHERE st.source_id::{idt} IN (SELECT s.id FROM ({el}) s WHERE s.id = ANY(%(ids)s::{idt}[])) "
+                    "ON CONFLICT (source_id) DO UPDATE SET model_version = EXCLUDED.model_version, "
+                    "content_sha256 = EXCLUDED.content_sha256, embedding = EXCLUDED.embedding, "
+                    "embedded_at = EXCLUDED.embedded_at").format(
+                        tbl=self.table, idt=self.id_type, mv=sql.Literal(self.version), el=self.eligible),
+                    {"ids": ids})
+                return cur.rowcount
+
+    def put(self, ids, shas, vectors):
+        if self.error is not None:
+            raise self.error
+        self.queue.put((ids, shas, vectors))
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join()
+        self.conn.close()
+        if self.error is not None:
+            raise self.error
+
+
+class Progress:
+    """Logs done/total, rate and ETA at most every `interval` seconds."""
+
+    def __init__(self, label: str, total: int, logger=log, interval: float = 10.0):
+        self.label, self.total, self.logger, self.interval = label, total, logger, interval
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int, force: bool = False):
+        self.done += n
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            left = max(self.total - self.done, 0)
+            eta = f"{left / rate:,.0f}s" if rate > 0 else "?"
+            pct = 100.0 * self.done / self.total if self.total else 100.0
+            self.logger.info(f"{self.label}: {self.done:,}/{self.total:,} rows ({pct:.1f}%), {rate:,.0f} rows/s, ETA {eta}")
+
+
+def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: str, provider, *,
+            ids: list | None = None, batch_size: int | None = None, build_hnsw: bool = True,
+            logger=log, progress_interval: float = 10.0) -> ReembedStats:
+    """Bring one (source, space) table up to date; see the module docstring."""
+    cfg = config.space(space_name)
+    schema = config.project_schema
+    stats = ReembedStats(source_name, space_name)
+    # Rows per read/commit: several model batches, because sentence-transformers sorts texts by
+    # length only within one encode() call (64-row calls measured 0.38x of one large call).
+    batch = batch_size or min(READ_BATCHES * cfg.batch_size, 2048)
+    started = time.monotonic()
+    with db.connect() as conn:
+        ensure_schema(conn, schema)
+        conn.commit()
+        source = inspect_source(conn, source_name, config.source(source_name))
+        if source.cfg.legacy_space == space_name:
+            raise EmbeddingPipelineError(
+                f"space {space_name!r} is the legacy column {source.qualified}.{source.cfg.legacy_vector_column} "
+                "for this source: it is adopted read-only and never re-embedded by us")
+        register_space(conn, config, space_name, provider)
+        ensure_binding(conn, config, source, space_name)
+        from embedding_pipeline.spaces.validator import validate_space
+
+        validate_space(conn, config, space_name, provider, sources=[source], raise_on_failure=True)
+        conn.commit()
+        lock_key = f"reembed:{source_name}:{space_name}"
+        if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock_key,)).fetchone()[0]:
+            raise RunInProgress(
+                f"another run is re-embedding {source.qualified} into space {space_name!r}; "
+                "this run did nothing. Wait for it to finish (or cancel it) and run again")
+        try:
+            # An incremental pass (ids from change capture) touches only those rows: the full-table
+            # sweeps belong to the scheduled full pass.
+            with conn.transaction():
+                stats.deleted = delete_orphans(conn, source, schema, space_name, ids)
+            if ids is None:
+                stats.skipped = blank_counts(conn, source)
+            params = {"ids": ids} if ids is not None else {}
+            query = pending_rows(source, schema, space_name, cfg.fingerprint, ids=ids is not None)
+            stats.todo = conn.execute(sql.SQL("SELECT count(*) FROM ({}) p").format(query), params).fetchone()[0]
+            query = pending_rows(source, schema, space_name, cfg.fingerprint, ids=ids is not None, ordered=True)
+            conn.commit()
+            logger.info(f"{source.qualified} -> {space_name}: {stats.todo:,} rows to embed, "
+                        f"{stats.deleted:,} stale vectors deleted, skipped {dict(stats.skipped) or 'none'}")
+            progress = Progress(f"{source_name} -> {space_name}", stats.todo, logger, progress_interval)
+            if stats.todo:
+                _stream(db, query, params, batch, provider, source, schema, space_name, cfg, stats, progress)
+            progress.update(0, force=True)
+            if build_hnsw:
+                t = time.monotonic()
+                stats.index_built = build_index(conn, config, source_name, space_name)
+                stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
+            stats.eligible, stats.stored = coverage_counts(conn, source, schema, space_name)
+            conn.commit()
+            if stats.embedded + stats.deleted > 0.1 * max(stats.stored, 1):
+                _vacuum(db, schema, space_table_name(source_name, space_name))
+        finally:
+            if not conn.closed and not conn.broken:
+                conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key,))
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _vacuum(db: Database, schema: str, table: str) -> None:
+    """After a bulk change: fresh statistics, and a visibility map that lets drift use index-only scans."""
+    with db.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, table)))
+
+
+def _stream(db, query, params, batch, provider, source, schema, space, cfg, stats, progress):
+    writer = _Writer(db, source, schema, space, cfg)
+    try:
+        # A named cursor streams from the server; its snapshot stays put while the writer commits.
+        with db.connect() as rconn, rconn.cursor(name="ep_pending") as cur:
+            cur.itersize = batch
+            cur.execute(query, params)
+            while rows := cur.fetchmany(batch):
+                ids = [r[0] for r in rows]
+                result = provider.embed([r[1] for r in rows])
+                stats.altered.update(result.altered)
+                writer.put(ids, [r[2] for r in rows], result.vectors)
+                stats.embedded += len(rows)
+                progress.update(len(rows))
+    finally:
+        writer.close()

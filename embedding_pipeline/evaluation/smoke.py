@@ -1,0 +1,175 @@
+"""Smoke evidence for one space: dimensions, latency, batch-vs-single consistency, endpoint class.
+
+The sentinel texts (English and Polish, ``sentinels.py``) are embedded one at a time over a
+number of calls (p50/p95 latency) and then as one batch; every text's single and batch vectors
+must agree (cosine >= 0.999) and the batch must have the space's dimension.
+
+The endpoint is classified before anything else (``providers.endpoint.classify``: loopback,
+private/internal or public, from the host and the addresses it resolves to). A non-local
+endpoint (internal or cloud) is blocked unless the space sets ``allow_cloud: true``: no provider
+is built and no request is sent, and the result says ``blocked`` with the reason.
+
+The result is metadata only: counts, numbers, model id, the endpoint's class and evidence. It
+never holds a sentinel text, a vector or a credential, so it can go to logs, Dagster metadata,
+JSON and the ``smoke_results`` table unchanged. The latest result per space is kept there for
+the migration plan's evidence section.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from embedding_pipeline.errors import ConfigError, ProviderError
+from embedding_pipeline.evaluation.sentinels import sentinel_languages, sentinel_texts
+from embedding_pipeline.providers.base import cosine
+from embedding_pipeline.providers.endpoint import classify
+from embedding_pipeline.spaces.model import model_version
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALLS = 20
+MAX_CALLS = 10_000
+MIN_COSINE = 0.999  # same model, same weights: batching may move a vector by float noise only
+SMOKE_DDL_LOCK = 724_311_009
+_USERINFO = re.compile(r"//[^/@\s]+@")
+
+
+def endpoint_of(cfg) -> tuple[str, str]:
+    """(class, evidence) of where the space's texts would go, decided without sending anything."""
+    if cfg.transport == "openai":
+        return classify(cfg.base_url)
+    return "local", "in-process model (sentence-transformers)"
+
+
+def block_reason(name: str, cfg, endpoint_class: str, evidence: str) -> str | None:
+    if endpoint_class == "local" or getattr(cfg, "allow_cloud", False):
+        return None
+    return (f"endpoint of space {name!r} is {endpoint_class} ({evidence}) and the space has not opted in; "
+            "nothing was sent. Point base_url at a local server, or set `allow_cloud: true` on the space "
+            "to allow a non-local endpoint")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 3)
+
+
+def _scrub(message: str, texts: list[str]) -> str:
+    """A provider's error may echo its input or a URL's user:password; neither may leave here."""
+    for t in texts:
+        message = message.replace(t, "<sentinel text>")
+    return _USERINFO.sub("//***@", message)
+
+
+def run_smoke(name: str, cfg, provider_for: Callable[[str], object], *, calls: int = DEFAULT_CALLS,
+              clock: Callable[[], float] = time.perf_counter, now: datetime | None = None) -> dict:
+    """Smoke one space; return the metadata-only result (see the module docstring).
+
+    ``provider_for(name)`` is called only when the endpoint is allowed. Provider failures (model
+    missing, server down, wrong dimension) become ``error`` in the result, not exceptions."""
+    if not 1 <= calls <= MAX_CALLS:
+        raise ConfigError(f"smoke calls must be between 1 and {MAX_CALLS}, got {calls}")
+    texts = sentinel_texts()
+    endpoint_class, evidence = endpoint_of(cfg)
+    reason = block_reason(name, cfg, endpoint_class, evidence)
+    result = {
+        "space": name, "model": cfg.model, "revision": cfg.revision, "transport": cfg.transport,
+        "model_version": model_version(name, cfg), "endpoint_class": endpoint_class,
+        "endpoint_evidence": evidence, "allow_cloud": bool(getattr(cfg, "allow_cloud", False)),
+        "blocked": reason is not None, "reason": reason, "texts": len(texts), "languages": sentinel_languages(),
+        "calls": calls, "expected_dims": cfg.dimensions, "dims": None, "dims_ok": False, "warmup_ms": None,
+        "p50_ms": None, "p95_ms": None, "batch_ms": None, "batch_consistent": False, "min_cosine": None,
+        "min_cosine_required": MIN_COSINE, "error": None, "ok": False,
+        "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+    }
+    if reason is None:
+        try:
+            result.update(_measure(provider_for(name), texts, calls, clock))
+        except ProviderError as e:
+            result["error"] = _scrub(str(e), texts)
+    result["ok"] = bool(not result["blocked"] and result["error"] is None and result["dims_ok"]
+                        and result["batch_consistent"])
+    log.info("smoke %s: %s", name, summary(result))
+    return result
+
+
+def _measure(provider, texts: list[str], calls: int, clock) -> dict:
+    started = clock()
+    provider.embed_documents(texts[:1])  # loads the model / opens the connection; not a latency sample
+    warmup_ms = (clock() - started) * 1000
+    singles: dict[int, np.ndarray] = {}
+    latencies = []
+    for i in range(calls):
+        k = i % len(texts)
+        t = clock()
+        vec = provider.embed_documents([texts[k]])[0]
+        latencies.append((clock() - t) * 1000)
+        singles.setdefault(k, vec)
+    for k in range(len(texts)):
+        if k not in singles:
+            singles[k] = provider.embed_documents([texts[k]])[0]
+    t = clock()
+    batch = provider.embed_documents(texts)
+    batch_ms = (clock() - t) * 1000
+    min_cos = min(cosine(singles[k], batch[k]) for k in range(len(texts)))
+    extra = {}
+    if provider.config.transport == "sentence-transformers":
+        extra["device"] = str(provider.model.device)  # cpu or cuda: latency means little without it
+    return {"dims": int(batch.shape[1]), "dims_ok": int(batch.shape[1]) == provider.config.dimensions,
+            "warmup_ms": round(warmup_ms, 3), "p50_ms": _percentile(latencies, 50),
+            "p95_ms": _percentile(latencies, 95), "batch_ms": round(batch_ms, 3),
+            "min_cosine": round(min_cos, 6), "batch_consistent": bool(min_cos >= MIN_COSINE), **extra}
+
+
+def summary(result: dict) -> str:
+    """One line for logs and the CLI; numbers only."""
+    if result["blocked"]:
+        return f"BLOCKED: {result['reason']}"
+    head = "ok" if result["ok"] else "FAILED"
+    if result["error"]:
+        return f"{head}: {result['error']} (endpoint {result['endpoint_class']})"
+    return (f"{head}: {result['dims']}-d (expected {result['expected_dims']}), p50 {result['p50_ms']} ms, "
+            f"p95 {result['p95_ms']} ms over {result['calls']} calls, batch of {result['texts']} in "
+            f"{result['batch_ms']} ms, min cosine batch vs single {result['min_cosine']}, "
+            f"endpoint {result['endpoint_class']} ({result['endpoint_evidence']})")
+
+
+# ---------------------------------------------------------------- storage
+
+
+def ensure_smoke_tables(conn: psycopg.Connection, schema: str) -> None:
+    """Create ``<schema>.smoke_results`` (latest result per space) if missing; idempotent, serialised."""
+    s = sql.Identifier(schema)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SMOKE_DDL_LOCK,))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.smoke_results ("
+            "space text PRIMARY KEY, at timestamptz NOT NULL, result jsonb NOT NULL)").format(s))
+
+
+def store_smoke(conn: psycopg.Connection, schema: str, result: dict) -> None:
+    with conn.transaction():
+        conn.execute(sql.SQL(
+            "INSERT INTO {}.smoke_results (space, at, result) VALUES (%s, %s, %s::jsonb) "
+            "ON CONFLICT (space) DO UPDATE SET at = EXCLUDED.at, result = EXCLUDED.result").format(sql.Identifier(schema)),
+            (result["space"], result["at"], json.dumps(result)))
+
+
+def latest_smoke(conn: psycopg.Connection, schema: str, space: str) -> dict | None:
+    """The stored result of a space, or None (also when the table does not exist yet: read-only)."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                          (sql.Identifier(schema, "smoke_results").as_string(conn),)).fetchone()[0]
+    if not exists:
+        return None
+    row = conn.execute(sql.SQL("SELECT result FROM {}.smoke_results WHERE space = %s").format(sql.Identifier(schema)),
+                       (space,)).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,209 @@
+"""The read path: per source, one view and one search function over the active space only.
+
+``<project_schema>."<source>_active_embedding"`` (source_id, embedding, space, model_version)
+selects either the adopted legacy column of the source table or a per-model table joined to the
+source's eligible rows, so filtered, soft-deleted and blank rows never appear.
+``<project_schema>."<source>_search"(query, k)`` orders that view by the space's distance.
+
+A switch (cutover.py) replaces both in the same transaction that updates the bindings, under
+the ``cutover:<source>`` advisory lock. The view is dropped and created rather than replaced
+because its vector column changes type when dimensions differ; readers wait on the view's lock
+and then see the old or the new definition, never a mix.
+
+Python ``search()`` runs in a REPEATABLE READ transaction that first locks the view (LOCK takes
+no snapshot, so the snapshot is taken after any switch in flight has committed) and then reads
+the binding: binding and view always agree, and a query embedded for a space that stopped being
+active before the lock was granted is embedded again with the active space's provider.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from typing import Any
+
+from psycopg import sql
+
+from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.errors import DatabaseError
+from embedding_pipeline.spaces.bindings import active_binding, lock_key
+from embedding_pipeline.spaces.model import DISTANCE, model_version
+from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable, inspect_source
+
+
+def view_name(source: str) -> str:
+    return f"{source}_active_embedding"
+
+
+def search_function_name(source: str) -> str:
+    return f"{source}_search"
+
+
+def _operator(config: PipelineConfig, space: str) -> sql.SQL:
+    return sql.SQL(DISTANCE[config.space(space).index.ops])
+
+
+def _vector_type(conn, config: PipelineConfig, b: dict) -> str:
+    """'vector' or 'halfvec': the stored type of the binding's vectors."""
+    if b["storage"] == "table":
+        return config.space(b["space"]).storage_type
+    row = conn.execute(
+        "SELECT t.typname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
+        (b["table_schema"], b["table_name"], b["vector_column"])).fetchone()
+    if row is None or row[0] not in ("vector", "halfvec"):
+        raise DatabaseError(f"{b['table_schema']}.{b['table_name']}.{b['vector_column']} is missing or not a "
+                            "vector/halfvec column; check legacy_vector_column in the config")
+    return row[0]
+
+
+def space_rows(config: PipelineConfig, source: SourceTable, b: dict) -> sql.Composed:
+    """SELECT source_id, embedding, space, model_version of one binding's eligible rows."""
+    space = b["space"]
+    labels = {"space": sql.Literal(space), "mv": sql.Literal(model_version(space, config.space(space)))}
+    if b["storage"] == "legacy_column":
+        c = source.cfg
+        filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
+        # No table alias: the operator's filter may name the table itself.
+        return sql.SQL(
+            "SELECT {id} AS source_id, {vec} AS embedding, {space}::text AS space, {mv}::text AS model_version "
+            "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
+        ).format(id=sql.Identifier(c.id_column), vec=sql.Identifier(b["vector_column"]),
+                 tbl=sql.Identifier(b["table_schema"], b["table_name"]), filt=filt,
+                 text=sql.Identifier(c.text_column), **labels)
+    return sql.SQL(
+        "SELECT e.source_id, e.embedding, {space}::text AS space, e.model_version FROM {tbl} e "
+        "WHERE EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
+    ).format(tbl=sql.Identifier(b["table_schema"], b["table_name"]), eligible=source.eligible_rows(), **labels)
+
+
+PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "EXECUTE"}
+
+
+def _grants(conn, acl_query: str, params: tuple) -> list[tuple[str | None, str]]:
+    """(grantee, None for PUBLIC; privilege) of an ACL, the owner's own entries excluded."""
+    rows = conn.execute(sql.SQL(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
+        "FROM ({}) o, aclexplode(o.acl) a WHERE a.grantee <> o.owner").format(sql.SQL(acl_query)), params).fetchall()
+    return [(g, p) for g, p in rows if p in PRIVILEGES]
+
+
+def _regrant(conn, target: sql.Composable, grants: list[tuple[str | None, str]]) -> None:
+    for grantee, privilege in grants:
+        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(privilege), target, sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)))
+
+
+_VIEW_ACL = ("SELECT c.relacl AS acl, c.relowner AS owner FROM pg_class c JOIN pg_namespace n "
+             "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s")
+
+
+_FUNCTION = ("SELECT p.proacl AS acl, p.proowner AS owner, t.typname FROM pg_proc p JOIN pg_namespace n "
+             "ON n.oid = p.pronamespace LEFT JOIN pg_type t ON t.oid = p.proargtypes[0] "
+             "WHERE n.nspname = %s AND p.proname = %s")
+
+
+_versions: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+
+
+def pgvector_version(conn) -> tuple[int, ...]:
+    """pgvector's (major, minor), read once per connection."""
+    if conn not in _versions:
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        _versions[conn] = tuple(int(p) for p in row[0].split(".")[:2]) if row else (0, 0)
+    return _versions[conn]
+
+
+def install_read_path(conn, config: PipelineConfig, source: SourceTable, b: dict) -> None:
+    """Point the view and the search function at binding ``b``.
+
+    Call inside the transaction that changes the bindings, holding the source's lock. Grants on
+    the view survive the drop: applications keep their SELECT across a switch.
+    """
+    schema, vname = config.project_schema, view_name(source.name)
+    view = sql.Identifier(schema, vname)
+    vtype = _vector_type(conn, config, b)
+    grants = _grants(conn, _VIEW_ACL, (schema, vname))
+    conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
+    conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(view, space_rows(config, source, b)))
+    comment = {"space": b["space"], "storage": b["storage"],
+               "model_version": model_version(b["space"], config.space(b["space"]))}
+    conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(json.dumps(comment))))
+    _regrant(conn, view, grants)
+    _install_search_function(conn, config, source, b, vtype)
+
+
+def _install_search_function(conn, config: PipelineConfig, source: SourceTable, b: dict, vtype: str) -> None:
+    schema, fname = config.project_schema, search_function_name(source.name)
+    fn = sql.Identifier(schema, fname)
+    existing = conn.execute(_FUNCTION, (schema, fname)).fetchall()
+    acl_set = bool(existing) and existing[0][0] is not None
+    grants = _grants(conn, _FUNCTION, (schema, fname)) if acl_set else []
+    replaced = len(existing) == 1 and existing[0][2] == vtype
+    if existing and not replaced:
+        # vector <-> halfvec changes the argument type, which CREATE OR REPLACE would add as an overload.
+        conn.execute(sql.SQL("DROP FUNCTION {}").format(fn))
+    op = _operator(config, b["space"])
+    body = sql.SQL("SELECT v.source_id, (v.embedding {op} query)::double precision FROM {view} v "
+                   "ORDER BY v.embedding {op} query LIMIT k").format(
+                       op=op, view=sql.Identifier(schema, view_name(source.name)))
+    settings = [sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(str(config.space(b["space"]).index.ef_search)))]
+    if pgvector_version(conn) >= (0, 8):
+        # Rows filtered out by the view would otherwise leave fewer than k hits.
+        settings.append(sql.SQL("SET hnsw.iterative_scan = 'strict_order'"))
+    conn.execute(sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}(query {vtype}, k integer DEFAULT 10) "
+        "RETURNS TABLE (source_id {idt}, distance double precision) LANGUAGE sql STABLE {settings} AS {body}"
+    ).format(fn=fn, vtype=sql.SQL(vtype), idt=sql.SQL(source.id_type), settings=sql.SQL(" ").join(settings),
+             body=sql.Literal(body.as_string(conn))))
+    if acl_set and not replaced:
+        # A fresh function is executable by PUBLIC; restore the ACL the operator had set.
+        conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(fn))
+        _regrant(conn, sql.SQL("FUNCTION {}").format(fn), grants)
+
+
+def served_space(conn, config: PipelineConfig, source: str) -> str | None:
+    """The space the view currently reads (from its comment), or None when there is no view."""
+    row = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')",
+                       (sql.Identifier(config.project_schema, view_name(source)).as_string(conn),)).fetchone()
+    return _comment_space(row[0] if row else None)
+
+
+def _comment_space(comment: str | None) -> str | None:
+    if comment is None:
+        return None
+    try:
+        return json.loads(comment).get("space")
+    except (ValueError, AttributeError):
+        return None
+
+
+def ensure_read_path(conn, config: PipelineConfig, source: str) -> str | None:
+    """Create (or repair) the read path for the active space; return that space (None: no active one).
+
+    The usual case is one statement. A view that disagrees with the binding is normally a switch
+    committing between the two reads: it is repaired only when no switch holds the lock.
+    Commits on ``conn``: call it with no transaction of your own open.
+    """
+    schema = config.project_schema
+    space, comment = conn.execute(sql.SQL(
+        "SELECT (SELECT space FROM {}.bindings WHERE source = %s AND status = 'active'), "
+        "obj_description(to_regclass(%s), 'pg_class')").format(sql.Identifier(schema)),
+        (source, sql.Identifier(schema, view_name(source)).as_string(conn))).fetchone()
+    conn.commit()
+    served = _comment_space(comment)
+    if space is None or served == space:
+        return space
+    src = inspect_source(conn, source, config.source(source))
+    conn.commit()
+    with conn.transaction():
+        if served is None:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_key(source),))
+        elif not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (lock_key(source),)).fetchone()[0]:
+            return space  # a switch is committing; the search's view lock orders us after it
+        b = active_binding(conn, schema, source)
+        if b is not None and served_space(conn, config, source) != b["space"]:
+            install_read_path(conn, config, src, b)
+    conn.commit()
+    return b["space"] if b else None

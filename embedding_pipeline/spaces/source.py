@@ -1,0 +1,77 @@
+"""Vector spaces: the registry, one table per (source, space), and the source queries.
+
+A space is an identity (model, revision, dimensions, prompts, normalisation, transport);
+its ``model_version`` string is written into every row and pinned by a CHECK constraint,
+so the database itself refuses a vector from another space. The legacy in-place column
+(e.g. ``documents.embedding``) is adopted as a read-only binding and never altered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from embedding_pipeline.config import SourceConfig
+from embedding_pipeline.db.connection import column_types, table_exists
+from embedding_pipeline.errors import ConfigError
+
+# A row "has text" when some character is neither ASCII whitespace nor a Unicode space
+# (NBSP, zero-width space, BOM, ...): the C locale's \\S would count those as content.
+HAS_TEXT = "~ '[^[:space:]\\u00a0\\u1680\\u2000-\\u200b\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]'"
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A configured source table, checked against the live catalog."""
+
+    name: str
+    cfg: SourceConfig
+    id_type: str
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.cfg.schema_, self.cfg.table)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.cfg.schema_}.{self.cfg.table}"
+
+    def eligible_rows(self) -> sql.Composed:
+        """SELECT id, content of rows that should have a vector: filter passes, text not blank.
+
+        The operator's filter is evaluated against the source alone, in a subquery, so its
+        column names can never collide with the embedding table's.
+        """
+        c = self.cfg
+        filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
+        return sql.SQL(
+            "SELECT {id} AS id, {text} AS content FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT
+        ).format(id=sql.Identifier(c.id_column), text=sql.Identifier(c.text_column), tbl=self.ident, filt=filt)
+
+
+def inspect_source(conn: psycopg.Connection, name: str, cfg: SourceConfig) -> SourceTable:
+    """Check the table and columns exist; raise a ConfigError naming what is missing and the fix."""
+    if not table_exists(conn, cfg.schema_, cfg.table):
+        raise ConfigError(
+            f"sources.{name}: table {cfg.schema_}.{cfg.table} does not exist in this database; "
+            "fix `schema`/`table` in the config or create the table"
+        )
+    cols = column_types(conn, cfg.schema_, cfg.table)
+    for key in ("id_column", "text_column", "legacy_vector_column", "updated_at_column"):
+        col = getattr(cfg, key)
+        if col is not None and col not in cols:
+            raise ConfigError(
+                f"sources.{name}.{key}: column {col!r} not found in {cfg.schema_}.{cfg.table}; "
+                f"its columns are {sorted(cols)}"
+            )
+    if cfg.row_filter:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
+                    sql.Identifier(cfg.schema_, cfg.table), sql.SQL(cfg.row_filter)))
+        except psycopg.Error as e:
+            raise ConfigError(f"sources.{name}.row_filter is not a valid expression on {cfg.schema_}.{cfg.table}: "
+                              f"{e.diag.message_primary}") from None
+    return SourceTable(name=name, cfg=cfg, id_type=cols[cfg.id_column])
