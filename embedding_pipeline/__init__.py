@@ -1,8 +1,10 @@
 """Change the embedding model of a Postgres + pgvector deployment safely.
 
-The core library (config, db, spaces, providers, re-embed, eval, drift, backup,
-cutover) knows nothing of Dagster; ``embedding_pipeline.defs`` and
-``embedding_pipeline.cli`` are thin layers over it.
+The core library knows nothing of Dagster; it is grouped by domain in the order data flows:
+``config`` -> ``db`` -> ``spaces`` -> ``providers`` -> ``read_path`` -> ``embeddings`` ->
+``evaluation`` / ``drift`` / ``backup`` -> ``plan`` / ``cutover`` -> ``local``. A package imports
+only packages before it. ``defs`` (Dagster, one folder per domain) and ``cli`` (one module per
+domain) are thin layers over the same core.
 """
 
 __version__ = "0.1.0"

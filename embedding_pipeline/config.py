@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.spaces.model import Space
 
 PACKAGED_CONFIG = Path(__file__).with_name("pipeline.yaml")
 SPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -255,11 +256,13 @@ class PipelineConfig(_Strict):
                 raise ValueError(f"sources.{name}.legacy_space needs legacy_vector_column")
         return self
 
-    def space(self, name: str) -> SentenceTransformersSpace | OpenAISpace:
+    def space(self, name: str) -> Space:
+        """The named space resolved once: its config, model_version, table naming and DDL."""
         try:
-            return self.spaces[name]
+            cfg = self.spaces[name]
         except KeyError:
             raise ConfigError(f"unknown space {name!r}; configured spaces: {sorted(self.spaces)}") from None
+        return Space(name, cfg, self.project_schema, self.retention_for(name))
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -274,7 +277,7 @@ class PipelineConfig(_Strict):
         return [n for n in names if n != src.legacy_space]
 
     def retention_for(self, space: str) -> float:
-        own = self.space(space).retention_days
+        own = self.spaces[space].retention_days
         return self.retention_days if own is None else own
 
 

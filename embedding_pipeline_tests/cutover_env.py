@@ -56,12 +56,12 @@ class Env:
             self._providers[name] = build_provider(name, self.cfg.space(name))
         return self._providers[name]
 
-    def bindings(self) -> list[dict]:
+    def bindings(self) -> list:
         with self.db.connect() as conn:
             return bindings(conn, self.schema, SOURCE)
 
-    def binding(self, space) -> dict:
-        return next(b for b in self.bindings() if b["space"] == space)
+    def binding(self, space):
+        return next(b for b in self.bindings() if b.space == space)
 
     def served(self) -> str | None:
         with self.db.connect() as conn:

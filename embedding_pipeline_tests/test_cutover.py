@@ -71,9 +71,9 @@ def test_gated_cutover_flips_bindings_view_and_audit(env):
     result = cutover(env.db, env.cfg, SOURCE, NEW, actor="alice", provider_for=env.provider_for)
     old, new = env.binding(LEGACY), env.binding(NEW)
     assert result["previous_space"] == LEGACY and result["forced"] is False
-    assert new["status"] == "active" and new["previous_space"] == LEGACY
-    assert old["status"] == "retired" and old["retired_at"] == new["activated_at"]
-    assert (old["delete_after"] - old["retired_at"]).days == 14
+    assert new.status == "active" and new.previous_space == LEGACY
+    assert old.status == "retired" and old.retired_at == new.activated_at
+    assert (old.delete_after - old.retired_at).days == 14
     assert env.served() == NEW
     [row] = env.audit("cutover")
     assert row["actor"] == "alice" and row["space"] == NEW and not row["forced"]
@@ -133,7 +133,7 @@ def test_eval_gate_needs_a_pass_against_the_current_active_space(env):
     env.eval_row(NEW, active=LEGACY, passed=True)
     env.eval_row(NEW, active=NEW, passed=None)  # the drift job measuring a space alone is not a shadow eval
     cutover(env.db, env.cfg, SOURCE, NEW)
-    assert env.binding(NEW)["status"] == "active"
+    assert env.binding(NEW).status == "active"
 
 
 @pytest.mark.parametrize("space, message", [
@@ -162,7 +162,7 @@ def test_rollback_without_previous_space_is_refused(env):
 def test_force_is_recorded_with_who_and_the_overridden_reasons(env):
     """--force skips the gates and the audit row says who forced it and what was overridden."""
     result = cutover(env.db, env.cfg, SOURCE, NEW, force=True, actor="bob")
-    assert env.binding(NEW)["status"] == "active"
+    assert env.binding(NEW).status == "active"
     [row] = env.audit("cutover")
     assert row["forced"] is True and row["actor"] == "bob"
     overridden = row["details"]["reasons_overridden"]
@@ -175,9 +175,9 @@ def test_rollback_restores_previous_space_and_can_be_reversed(env):
     cutover(env.db, env.cfg, SOURCE, NEW, force=True, actor="t")
     result = rollback(env.db, env.cfg, SOURCE, actor="t")
     legacy, new = env.binding(LEGACY), env.binding(NEW)
-    assert result["space"] == LEGACY and legacy["status"] == "active" and legacy["previous_space"] == NEW
-    assert legacy["delete_after"] is None
-    assert new["status"] == "retired" and (new["delete_after"] - new["retired_at"]).days == 14
+    assert result["space"] == LEGACY and legacy.status == "active" and legacy.previous_space == NEW
+    assert legacy.delete_after is None
+    assert new.status == "retired" and (new.delete_after - new.retired_at).days == 14
     hits = search(env.db, env.cfg, SOURCE, QUERY, k=5, provider_for=env.provider_for)
     assert hits.space == LEGACY and len(hits.hits) == 5
     again = rollback(env.db, env.cfg, SOURCE, actor="t")
@@ -288,7 +288,7 @@ def _cli(env, *argv):
 def test_cli_cutover_status_and_rollback(env, capsys, monkeypatch):
     """The CLI refuses with every reason (exit 1), forces with --force, reports status, rolls back."""
     # The same real models, loaded once for the module instead of once per command.
-    monkeypatch.setattr("embedding_pipeline.cli.common.build_provider", lambda name, cfg: env.provider_for(name))
+    monkeypatch.setattr("embedding_pipeline.cli.common.cached_provider", lambda space: env.provider_for(space.name))
     assert _cli(env, "cutover", "--source", SOURCE, "--space", NEW) == 1
     assert "no verified backup" in capsys.readouterr().err
     assert _cli(env, "cutover", "--source", SOURCE, "--space", NEW, "--force", "--json") == 0
@@ -328,9 +328,9 @@ def test_dagster_cutover_job_refuses_then_forces(env, monkeypatch):
             "source": SOURCE, "space": NEW, "force": force}}}}, raise_on_error=False)
 
     refused = run(False)
-    assert not refused.success and env.binding(LEGACY)["status"] == "active"
+    assert not refused.success and env.binding(LEGACY).status == "active"
     failure = refused.failure_data_for_node("cutover_op").user_failure_data
     assert any("no shadow evaluation" in r for r in failure.metadata["reasons"].value)
-    assert run(True).success and env.binding(NEW)["status"] == "active"
+    assert run(True).success and env.binding(NEW).status == "active"
     [row] = env.audit("cutover")
     assert row["forced"] and "dagster run" in row["actor"]

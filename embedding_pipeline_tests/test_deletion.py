@@ -51,31 +51,31 @@ def test_retained_until_delete_after(enabled):
     """A day before the retention ends the table stays, even with deletion enabled and a backup."""
     retired = _retire_new(enabled)
     enabled.backup(NEW)
-    d = _only(delete_retired(enabled.db, enabled.cfg, now=retired["delete_after"] - timedelta(days=1)))
+    d = _only(delete_retired(enabled.db, enabled.cfg, now=retired.delete_after - timedelta(days=1)))
     assert d["decision"] == "retained" and _table_exists(enabled)
-    assert enabled.binding(NEW)["status"] == "retired"
+    assert enabled.binding(NEW).status == "retired"
     assert enabled.audit("delete_skipped")[-1]["space"] == NEW
 
 
 def test_no_backup_holding_the_table_blocks_deletion(enabled):
     """Past retention, a missing backup and then one without the table both keep the table."""
     retired = _retire_new(enabled)
-    later = retired["delete_after"] + timedelta(days=1)
+    later = retired.delete_after + timedelta(days=1)
     d = _only(delete_retired(enabled.db, enabled.cfg, now=later))
     assert d["decision"] == "blocked" and "no verified backup" in d["reasons"][0]
     enabled.backup()  # the source table only
     d = _only(delete_retired(enabled.db, enabled.cfg, now=later))
     assert d["decision"] == "blocked" and "does not contain" in d["reasons"][0]
-    assert _table_exists(enabled) and enabled.binding(NEW)["status"] == "retired"
+    assert _table_exists(enabled) and enabled.binding(NEW).status == "retired"
 
 
 def test_dry_run_unless_enabled(env):
     """With deletion_enabled false the decision is reported and audited, and nothing is dropped."""
     retired = _retire_new(env)
     env.backup(NEW)
-    result = delete_retired(env.db, env.cfg, now=retired["delete_after"] + timedelta(days=1), dry_run=False)
+    result = delete_retired(env.db, env.cfg, now=retired.delete_after + timedelta(days=1), dry_run=False)
     assert result["dry_run"] is True and _only(result)["decision"] == "would_drop"
-    assert _table_exists(env) and env.binding(NEW)["status"] == "retired"
+    assert _table_exists(env) and env.binding(NEW).status == "retired"
     assert env.audit("delete_dry_run")[-1]["details"]["table"] == TABLE
 
 
@@ -83,10 +83,10 @@ def test_enabled_deletion_drops_the_table_and_closes_rollback(enabled):
     """Past retention with a backup: the table is dropped, the binding deleted and audited; no way back."""
     retired = _retire_new(enabled)
     enabled.backup(NEW)
-    d = _only(delete_retired(enabled.db, enabled.cfg, now=retired["delete_after"] + timedelta(days=1)))
+    d = _only(delete_retired(enabled.db, enabled.cfg, now=retired.delete_after + timedelta(days=1)))
     assert d["decision"] == "dropped" and not _table_exists(enabled)
     gone = enabled.binding(NEW)
-    assert gone["status"] == "deleted" and gone["deleted_at"] is not None
+    assert gone.status == "deleted" and gone.deleted_at is not None
     assert enabled.audit("delete")[-1]["details"]["decision"] == "dropped"
     before = snapshot(enabled)
     with pytest.raises(RefusedError, match="was deleted"):
@@ -102,7 +102,7 @@ def test_open_rollback_window_keeps_the_table(enabled):
     enabled.backup(NEW)
     longer = enabled.cfg.spaces[NEW].model_copy(update={"retention_days": 30})
     cfg = enabled.cfg.model_copy(update={"spaces": {**enabled.cfg.spaces, NEW: longer}})
-    d = _only(delete_retired(enabled.db, cfg, now=retired["delete_after"] + timedelta(days=1)))
+    d = _only(delete_retired(enabled.db, cfg, now=retired.delete_after + timedelta(days=1)))
     assert d["decision"] == "blocked" and "rollback window open" in d["reasons"][0]
     assert _table_exists(enabled)
 
@@ -112,13 +112,13 @@ def test_legacy_column_is_operator_owned(enabled):
     cutover(enabled.db, enabled.cfg, SOURCE, NEW, force=True, actor="test")
     enabled.backup(NEW)
     legacy = enabled.binding(LEGACY)
-    d = _only(delete_retired(enabled.db, enabled.cfg, now=legacy["delete_after"] + timedelta(days=1)), LEGACY)
+    d = _only(delete_retired(enabled.db, enabled.cfg, now=legacy.delete_after + timedelta(days=1)), LEGACY)
     assert d["decision"] == "operator_owned"
     assert d["reasons"][0].startswith('operator-owned: ALTER TABLE "public"."documents" DROP COLUMN "embedding" '
                                       "after you are sure")
     with enabled.db.connect() as conn:
         assert conn.execute("SELECT count(embedding) FROM documents").fetchone()[0] == 40
-    assert enabled.binding(LEGACY)["status"] == "retired"
+    assert enabled.binding(LEGACY).status == "retired"
 
 
 def test_active_space_is_never_deleted(enabled):
@@ -126,7 +126,7 @@ def test_active_space_is_never_deleted(enabled):
     cutover(enabled.db, enabled.cfg, SOURCE, NEW, force=True, actor="test")
     enabled.backup(NEW)
     before = snapshot(enabled)
-    far = enabled.binding(NEW)["activated_at"] + timedelta(days=1000)
+    far = enabled.binding(NEW).activated_at + timedelta(days=1000)
     with pytest.raises(RefusedError, match="active space of source 'documents'"):
         delete_space(enabled.db, enabled.cfg, SOURCE, NEW, now=far)
     result = delete_retired(enabled.db, enabled.cfg, now=far)

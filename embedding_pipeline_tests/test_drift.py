@@ -42,7 +42,6 @@ from embedding_pipeline.drift.stats import (
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.spaces.model import model_version
 from embedding_pipeline_tests.sources import TOPICS, make_documents
 
 SPACE = "minilm-256"
@@ -129,7 +128,7 @@ def test_clean_space_passes_every_check(db, cfg):
     drifts, outcomes = checks(db, cfg)
     assert all(o.passed for o in outcomes.values()), [f.message for o in outcomes.values() for f in o.findings]
     c = drifts[SPACE].counts
-    assert c.versions == {model_version(SPACE, cfg.space(SPACE)): 40}
+    assert c.versions == {cfg.space(SPACE).model_version: 40}
     assert (c.coverage, c.stale, c.orphans, c.null_vectors, c.declared_dims) == (1.0, 0, 0, 0, 256)
     assert drifts[SPACE].version_pinned is True and drifts["minilm"].status == "shadow"
 
@@ -235,7 +234,7 @@ def test_history_appends_each_run_with_queue_stats(db, cfg):
         rows = history(conn, SCHEMA, "documents")
     assert [(r["space"], r["queue_depth"]) for r in rows] == [("minilm", None), (SPACE, None), ("minilm", 12),
                                                              (SPACE, 12)]
-    assert rows[-1]["versions"] == {model_version(SPACE, cfg.space(SPACE)): 40} and rows[-1]["coverage"] == 1.0
+    assert rows[-1]["versions"] == {cfg.space(SPACE).model_version: 40} and rows[-1]["coverage"] == 1.0
     lag = {o.name: o for o in evaluate(cfg, lagging)}["queue_lag"]
     assert not lag.passed and lag.severity == WARN and "1800s" in lag.findings[0].message
 
@@ -341,6 +340,6 @@ def test_cli_drift_json_lists_stats_and_fails_on_error(db, cfg, capsys, config_p
     by_space = {r["space"]: r for r in out}
     assert set(by_space) == {"minilm", SPACE}
     row = by_space[SPACE]
-    assert row["source"] == "documents" and row["versions"] == {model_version(SPACE, cfg.space(SPACE)): 40}
+    assert row["source"] == "documents" and row["versions"] == {cfg.space(SPACE).model_version: 40}
     assert (row["coverage"], row["stale"], row["orphans"]) == (1.0, 1, 0)
     assert [c["check"] for c in row["failed_checks"]] == ["no_stale_vectors"]

@@ -77,7 +77,7 @@ def test_plan_renders_every_section_from_the_live_database(db, cfg, providers):
     assert positions == sorted(positions)
     assert 'CREATE TABLE IF NOT EXISTS "embedding_pipeline"."documents__minilm-256"' in md
     assert "embedding vector(256) NOT NULL" in md and "CHECK (model_version = 'minilm-256@" in md
-    assert ('USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)' in md
+    assert ('USING hnsw ("embedding" vector_cosine_ops) WITH (m = 16, ef_construction = 64)' in md
             and "SET LOCAL maintenance_work_mem = '1GB'" in md)
     assert REFERENCE_BUILD.label in md and "too small to extrapolate" not in md
     assert 'embedding_pipeline."documents_active_embedding"' in md and "serves `minilm` now" in md

@@ -18,7 +18,7 @@ from embedding_pipeline.embeddings.reembed import RunInProgress, reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ProviderError
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.spaces.model import model_version, space_table_name
+from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline_tests.sources import make_documents
 
 SPACE = "minilm-256"
@@ -70,7 +70,7 @@ def test_complete_partition_run(db, setup):
     with db.connect() as conn:
         versions = conn.execute(sql.SQL("SELECT DISTINCT model_version FROM {}").format(_table(cfg))).fetchall()
         dims = conn.execute(sql.SQL("SELECT vector_dims(embedding) FROM {} LIMIT 1").format(_table(cfg))).fetchone()
-    assert versions == [(model_version(SPACE, cfg.space(SPACE)),)]
+    assert versions == [(cfg.space(SPACE).model_version,)]
     assert dims == (256,)
 
 
@@ -97,7 +97,7 @@ def test_database_refuses_wrong_dimension_and_wrong_version(db, setup):
     """Mixing is refused by the table's type and CHECK constraint, not by our code."""
     cfg, provider_for, ids = setup
     reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
-    mv = model_version(SPACE, cfg.space(SPACE))
+    mv = cfg.space(SPACE).model_version
     with db.connect() as conn:
         with pytest.raises(psycopg.errors.DataException, match="expected 256 dimensions"):
             conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, '\\x00', %s::vector)").format(_table(cfg)),
@@ -177,7 +177,7 @@ def test_kill_9_mid_run_then_resume(db, setup, config_path):
         rows = conn.execute(sql.SQL("SELECT source_id, model_version FROM {}").format(_table(cfg))).fetchall()
     assert len(rows) == len({r[0] for r in rows}) == 400
     assert {r[0] for r in rows} == set(ids) | {f"extra{i:05d}" for i in range(320)}
-    assert {r[1] for r in rows} == {model_version(SPACE, cfg.space(SPACE))}
+    assert {r[1] for r in rows} == {cfg.space(SPACE).model_version}
 
 
 def test_provider_error_writes_nothing_for_the_batch(db, setup):

@@ -25,7 +25,7 @@ from embedding_pipeline.providers import build_provider
 from embedding_pipeline.read_path.install import view_name
 from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.canaries import CANARY_TEXTS
-from embedding_pipeline.spaces.model import model_version, space_table_name
+from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.conftest import TEST_CONFIG
 from embedding_pipeline_tests.reliability_report import record
@@ -145,7 +145,7 @@ def _assert_exact(db, cfg, provider) -> dict:
         rows = conn.execute(sql.SQL("SELECT d.content, e.embedding FROM {} e JOIN documents d ON d.id = e.source_id")
                             .format(table)).fetchall()
     assert (counts.covered, counts.stored, counts.stale, counts.orphans) == (counts.eligible,) * 2 + (0, 0)
-    assert counts.versions == {model_version(SPACE, cfg.space(SPACE)): counts.eligible}
+    assert counts.versions == {cfg.space(SPACE).model_version: counts.eligible}
     cos = np.sum(provider.embed_documents([r[0] for r in rows]) * np.vstack([r[1].to_numpy() for r in rows]), axis=1)
     assert cos.min() >= 0.999, "a stored vector is not its row's current text"
     return {"eligible": counts.eligible, "stored": counts.stored, "stale": counts.stale, "orphans": counts.orphans}

@@ -37,7 +37,7 @@ from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline.spaces.model import index_name, model_version, space_table_name
+from embedding_pipeline.spaces.model import index_name, space_table_name
 from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.reliability_report import record
 from embedding_pipeline_tests.sources import make_documents
@@ -304,7 +304,7 @@ def test_kill_9_then_resume_is_exact(db, source, provider, reference, fork_serve
         counts = space_counts(conn, cfg, inspect_source(conn, "documents", cfg.source("documents")), SPACE)
         index_after = _index_state(conn, cfg)
     assert len(rows) == len({r[0] for r in rows}) == ROWS
-    assert {r[1] for r in rows} == {model_version(SPACE, cfg.space(SPACE))}
+    assert {r[1] for r in rows} == {cfg.space(SPACE).model_version}
     assert (counts.covered, counts.stale, counts.orphans) == (ROWS, 0, 0)
     assert index_after is True
     expected = reference([r[3] for r in rows])

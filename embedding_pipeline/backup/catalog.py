@@ -6,6 +6,7 @@ written (or one that failed and was being removed), so nothing here touches it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,15 @@ from pathlib import Path
 from embedding_pipeline.errors import BackupError
 
 MANIFEST_FILE = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks: dumps can be far larger than memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fix_command(source: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -69,14 +68,6 @@ def table_checksum(conn: psycopg.Connection, ref: TableRef) -> tuple[int, str]:
         ).format(sql.SQL(", ").join(order), sql.Identifier(ref.schema), sql.Identifier(ref.table))
         rows, digest = conn.execute(query).fetchone()
     return int(rows), digest
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split_password(url: str) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from embedding_pipeline.backup.catalog import sha256
 from embedding_pipeline.backup.redis_client import (
     RedisClient,
     RedisReplyError,
@@ -67,14 +68,6 @@ def binaries() -> tuple[Path, Path]:
 def _client(url: str, **kwargs) -> RedisClient:
     _parse(url)  # a bad URL is a BackupError, not a ValueError
     return RedisClient.from_url(url, **kwargs)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _canon(value) -> bytes:
@@ -205,7 +198,7 @@ def snapshot(url: str, dest: Path) -> dict:
     restore = [f"{shlex.join(_cli_args(cli, p))} SHUTDOWN NOSAVE  # or stop it with your service manager",
                shlex.join(["cp", str(final.resolve()), target]), start]
     return {
-        "file": RDB_FILE, "sha256": _sha256(final), "bytes": final.stat().st_size,
+        "file": RDB_FILE, "sha256": sha256(final), "bytes": final.stat().st_size,
         "url": p["clean_url"], "db": p["db"], "redis_version": version,
         "keyspace": keyspace, "sample": sample,
         "backup_command": shlex.join(_cli_args(cli, p) + ["--rdb", str(final.resolve())]),
@@ -288,7 +281,7 @@ def verify_snapshot(info: dict, backup_dir: Path) -> dict:
     rdb = backup_dir / info["file"]
     if not rdb.exists():
         raise BackupError(f"Redis snapshot {rdb} is missing")
-    if _sha256(rdb) != info["sha256"]:
+    if sha256(rdb) != info["sha256"]:
         raise BackupError(f"Redis snapshot {rdb} does not match the sha256 in its manifest: "
                           "it was changed or is corrupt")
     server, _ = binaries()

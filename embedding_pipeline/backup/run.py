@@ -29,6 +29,7 @@ from embedding_pipeline.backup.catalog import (
     latest_verified,
     list_backups,
     read_manifest,
+    sha256,
     write_manifest,
 )
 from embedding_pipeline.backup.postgres import (
@@ -40,7 +41,6 @@ from embedding_pipeline.backup.postgres import (
     restore_commands,
     run,
     server_version,
-    sha256,
     split_password,
     table_checksum,
 )

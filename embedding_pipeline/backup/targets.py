@@ -23,8 +23,8 @@ def tables_for_source(conn, config: PipelineConfig, source: str) -> list[TableRe
     src = config.source(source)
     tables = [TableRef(src.schema_, src.table, [src.id_column])]
     for b in bindings(conn, config.project_schema, source):
-        if b["storage"] == "table" and b["status"] != "deleted" and table_exists(conn, b["table_schema"], b["table_name"]):
-            tables.append(TableRef(b["table_schema"], b["table_name"], ["source_id"]))
+        if not b.is_legacy and b.status != "deleted" and table_exists(conn, b.table_schema, b.table_name):
+            tables.append(TableRef(b.table_schema, b.table_name, ["source_id"]))
     return tables
 
 

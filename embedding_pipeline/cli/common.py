@@ -16,7 +16,7 @@ from embedding_pipeline.errors import (
     RefusedError,
     ValidationFailed,
 )
-from embedding_pipeline.providers import build_provider
+from embedding_pipeline.providers.cache import cached_provider
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -28,7 +28,6 @@ class Context:
         self.args = args
         self._config = None
         self._db = None
-        self._providers: dict = {}
 
     @property
     def config(self) -> PipelineConfig:
@@ -43,9 +42,7 @@ class Context:
         return self._db
 
     def provider(self, space: str):
-        if space not in self._providers:
-            self._providers[space] = build_provider(space, self.config.space(space))
-        return self._providers[space]
+        return cached_provider(self.config.space(space))
 
 
 def add_json(parser) -> None:

@@ -26,11 +26,13 @@ from datetime import UTC, datetime, timedelta
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.cutover.audit import record_audit, retention_days, who
+from embedding_pipeline.cutover.retention import retention_days
+from embedding_pipeline.db.audit import record_audit, who
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.errors import RefusedError
 from embedding_pipeline.spaces.bindings import active_binding, binding, lock_key
+from embedding_pipeline.spaces.model import Binding
 
 DROPPED, WOULD_DROP, RETAINED, BLOCKED, OPERATOR_OWNED, NOT_RETIRED = (
     "dropped", "would_drop", "retained", "blocked", "operator_owned", "not_retired")
@@ -60,32 +62,32 @@ def _backup_reason(db: Database, config: PipelineConfig, source: str, qualified:
     return None
 
 
-def decide(conn, db: Database, config: PipelineConfig, b: dict, now: datetime) -> tuple[str, list[str]]:
+def decide(conn, db: Database, config: PipelineConfig, b: Binding, now: datetime) -> tuple[str, list[str]]:
     """(decision, reasons) for one binding at ``now``; see the module docstring."""
-    source, space = b["source"], b["space"]
-    qualified = f"{b['table_schema']}.{b['table_name']}"
-    if b["status"] != "retired":
+    source, space = b.source, b.space
+    qualified = f"{b.table_schema}.{b.table_name}"
+    if b.status != "retired":
         why = (f"space {space!r} is the active space of source {source!r}; the active space is never deleted "
                "(cut over to another space; this one is then deleted after its retention)"
-               if b["status"] == "active" else f"space {space!r} of source {source!r} is {b['status']!r}, not retired")
+               if b.status == "active" else f"space {space!r} of source {source!r} is {b.status!r}, not retired")
         return NOT_RETIRED, [why]
-    due = b["delete_after"] is not None and now >= b["delete_after"]
-    if b["storage"] == "legacy_column":
+    due = b.delete_after is not None and now >= b.delete_after
+    if b.is_legacy:
         if not due:
-            return RETAINED, [f"retained until {b['delete_after']}"]
-        drop = (f"ALTER TABLE {sql.Identifier(b['table_schema'], b['table_name']).as_string(conn)} "
-                f"DROP COLUMN {sql.Identifier(b['vector_column']).as_string(conn)}")
+            return RETAINED, [f"retained until {b.delete_after}"]
+        drop = (f"ALTER TABLE {b.ident.as_string(conn)} "
+                f"DROP COLUMN {sql.Identifier(b.vector_column).as_string(conn)}")
         return OPERATOR_OWNED, [
             f"operator-owned: {drop} after you are sure no reader or rollback needs it (the legacy column "
-            f"{qualified}.{b['vector_column']} belongs to the application and is never dropped by the pipeline)"]
-    reasons = [] if due else [f"retained until {b['delete_after']}"]
+            f"{qualified}.{b.vector_column} belongs to the application and is never dropped by the pipeline)"]
+    reasons = [] if due else [f"retained until {b.delete_after}"]
     active = active_binding(conn, config.project_schema, source)
-    if active is not None and active["previous_space"] == space and active["activated_at"] is not None:
-        window_end = active["activated_at"] + timedelta(days=retention_days(config, space))
+    if active is not None and active.previous_space == space and active.activated_at is not None:
+        window_end = active.activated_at + timedelta(days=retention_days(config, space))
         if now < window_end:
-            reasons.append(f"rollback window open: {source!r} can roll back from {active['space']!r} to {space!r} "
+            reasons.append(f"rollback window open: {source!r} can roll back from {active.space!r} to {space!r} "
                            f"until {window_end}")
-    if b["table_schema"] != config.project_schema:
+    if b.table_schema != config.project_schema:
         reasons.append(f"{qualified} is outside the project schema {config.project_schema!r}; never dropped")
     backup = _backup_reason(db, config, source, qualified)
     if backup:
@@ -113,13 +115,13 @@ def _process(conn, db: Database, config: PipelineConfig, source: str, space: str
         else:
             decision, reasons = decide(conn, db, config, b, now)
         if decision == WOULD_DROP and not dry:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(b["table_schema"], b["table_name"])))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(b.ident))
             conn.execute(sql.SQL("UPDATE {}.bindings SET status = 'deleted', deleted_at = now() "
                                  "WHERE source = %s AND space = %s").format(sql.Identifier(schema)), (source, space))
             decision = DROPPED
-        table = f"{b['table_schema']}.{b['table_name']}" if b["table_name"] else None
-        result = {"source": source, "space": space, "storage": b["storage"], "table": table, "decision": decision,
-                  "reasons": reasons, "delete_after": b["delete_after"], "dry_run": dry, "now": now}
+        table = f"{b.table_schema}.{b.table_name}" if b.table_name else None
+        result = {"source": source, "space": space, "storage": b.storage, "table": table, "decision": decision,
+                  "reasons": reasons, "delete_after": b.delete_after, "dry_run": dry, "now": now}
         result["audit_id"] = record_audit(conn, schema, _ACTIONS.get(decision, "delete_skipped"), source, space,
                                           actor, False, result)
     return result

@@ -14,22 +14,23 @@ from embedding_pipeline.read_path.install import (
     view_name,
 )
 from embedding_pipeline.spaces.bindings import bindings
+from embedding_pipeline.spaces.model import Binding
 from embedding_pipeline.spaces.source import inspect_source
 
 
-def _space_entry(conn, config: PipelineConfig, src, b: dict) -> dict:
-    entry = {"name": b["space"], "status": b["status"], "storage": b["storage"],
-             "table": f"{b['table_schema']}.{b['table_name']}" + (
-                 f".{b['vector_column']}" if b["storage"] == "legacy_column" else ""),
+def _space_entry(conn, config: PipelineConfig, src, b: Binding) -> dict:
+    entry = {"name": b.space, "status": b.status, "storage": b.storage,
+             "table": f"{b.table_schema}.{b.table_name}" + (
+                 f".{b.vector_column}" if b.is_legacy else ""),
              "coverage": None, "rows": None, "stale": None, "missing": None,
-             "activated_at": b["activated_at"], "retired_at": b["retired_at"], "delete_after": b["delete_after"],
-             "deleted_at": b["deleted_at"], "previous_space": b["previous_space"]}
-    if b["status"] == "deleted" or b["space"] not in config.spaces:
+             "activated_at": b.activated_at, "retired_at": b.retired_at, "delete_after": b.delete_after,
+             "deleted_at": b.deleted_at, "previous_space": b.previous_space}
+    if b.status == "deleted" or b.space not in config.spaces:
         return entry
-    if b["storage"] == "table" and not table_present(conn, b):
+    if not b.is_legacy and not table_present(conn, b):
         entry["error"] = f"table {entry['table']} is missing"
         return entry
-    c = space_counts(conn, config, src, b["space"])
+    c = space_counts(conn, config, src, b.space)
     entry.update(coverage=round(c.coverage, 6), rows=c.stored, stale=c.stale, missing=c.missing)
     return entry
 
@@ -46,13 +47,13 @@ def source_status(conn, config: PipelineConfig, source: str) -> dict:
         out["error"] = str(e)
         return out
     rows = bindings(conn, schema, source)
-    by_space = {b["space"]: b for b in rows}
-    active = next((b for b in rows if b["status"] == "active"), None)
+    by_space = {b.space: b for b in rows}
+    active = next((b for b in rows if b.status == "active"), None)
     if active is not None:
-        out["active_space"] = active["space"]
-        prev = by_space.get(active["previous_space"]) if active["previous_space"] else None
-        out["previous_space"] = active["previous_space"]
-        out["rollback_available"] = prev is not None and prev["status"] == "retired"
+        out["active_space"] = active.space
+        prev = by_space.get(active.previous_space) if active.previous_space else None
+        out["previous_space"] = active.previous_space
+        out["rollback_available"] = prev is not None and prev.status == "retired"
     out["read_path"]["serves"] = served_space(conn, config, source)
     out["spaces"] = [_space_entry(conn, config, src, b) for b in rows]
     cfg = config.source(source)

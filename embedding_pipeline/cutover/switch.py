@@ -21,13 +21,8 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.cutover.audit import (
-    DAY_S,
-    _at,
-    record_audit,
-    retention_days,
-    who,
-)
+from embedding_pipeline.cutover.retention import DAY_S, at_text, retention_days
+from embedding_pipeline.db.audit import record_audit, who
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.coverage import space_counts
@@ -38,6 +33,7 @@ from embedding_pipeline.read_path.install import (
     view_name,
 )
 from embedding_pipeline.spaces.bindings import active_binding, binding, lock_key
+from embedding_pipeline.spaces.model import Binding
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 
@@ -49,13 +45,13 @@ def take_lock_or_refuse(conn, source: str, what: str) -> None:
             "`embedding-pipeline status`, and run again if still needed"])
 
 
-def table_present(conn, b: dict) -> bool:
+def table_present(conn, b: Binding) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
-        sql.Identifier(b["table_schema"], b["table_name"]).as_string(conn),)).fetchone()[0]
+        b.ident.as_string(conn),)).fetchone()[0]
 
 
 def structural_reasons(conn, config: PipelineConfig, source: str, space: str, target: dict | None,
-                       current: dict | None) -> list[str]:
+                       current: Binding | None) -> list[str]:
     """Refusals --force cannot override: there is nothing sound to switch to."""
     if space not in config.spaces:
         return [f"unknown space {space!r}; configured spaces: {sorted(config.spaces)}"]
@@ -67,25 +63,25 @@ def structural_reasons(conn, config: PipelineConfig, source: str, space: str, ta
     if target is None:
         return [f"space {space!r} has no table for source {source!r} yet; run "
                 f"`embedding-pipeline reembed --source {source} --space {space}`"]
-    if target["status"] == "deleted":
-        return [f"space {space!r} was deleted for source {source!r}{_at(target['deleted_at'])} "
+    if target.status == "deleted":
+        return [f"space {space!r} was deleted for source {source!r}{at_text(target.deleted_at)} "
                 "(its table was dropped); a deleted space cannot be activated again: register the model under "
                 "a new space name and re-embed"]
-    if current is not None and current["space"] == space:
+    if current is not None and current.space == space:
         return [f"space {space!r} is already the active space of source {source!r}; nothing to do"]
-    if target["storage"] == "table" and not table_present(conn, target):
-        return [f"table {target['table_schema']}.{target['table_name']} of space {space!r} is missing; "
+    if not target.is_legacy and not table_present(conn, target):
+        return [f"table {target.table_schema}.{target.table_name} of space {space!r} is missing; "
                 f"run `embedding-pipeline reembed --source {source} --space {space}`"]
     return []
 
 
-def backup_reason(db: Database, config: PipelineConfig, source: SourceTable, target: dict) -> str | None:
+def backup_reason(db: Database, config: PipelineConfig, source: SourceTable, target: Binding) -> str | None:
     try:
         from embedding_pipeline.backup.catalog import check_backup_fresh
         from embedding_pipeline.backup.run import backup_root
     except ImportError:
         return "the backup module is not available, so no verified backup can be confirmed"
-    tables = sorted({source.qualified, f"{target['table_schema']}.{target['table_name']}"})
+    tables = sorted({source.qualified, f"{target.table_schema}.{target.table_name}"})
     ok, reason = check_backup_fresh(backup_root(db, config.backup), source.name, config.backup.max_age_hours,
                                     required_tables=tables)
     return None if ok else f"backup: {reason}"
@@ -100,7 +96,7 @@ def coverage_reason(conn, config: PipelineConfig, source: SourceTable, space: st
             f"`embedding-pipeline reembed --source {source.name} --space {space}`")
 
 
-def eval_reason(conn, schema: str, source: str, space: str, current: dict | None) -> str | None:
+def eval_reason(conn, schema: str, source: str, space: str, current: Binding | None) -> str | None:
     """The latest shadow evaluation of (source, space) must have passed against the current active space.
 
     Rows measuring a space alone (candidate = active, the drift job's) are not shadow evaluations.
@@ -114,16 +110,16 @@ def eval_reason(conn, schema: str, source: str, space: str, current: dict | None
     if row is None:
         return f"no shadow evaluation of space {space!r} for source {source!r}; {fix}"
     what = (f"the latest shadow evaluation of {space!r} for {source!r} (report #{row['id']}, {row['kind']} set "
-            f"{row['eval_set'] or '-'},{_at(row['at'])})")
+            f"{row['eval_set'] or '-'},{at_text(row['at'])})")
     where = f"; see {row['report_path']}" if row["report_path"] else ""
     if row["gate_passed"] is None:
         return (f"{what} records no verdict (an unlabeled set measures agreement, not quality){where}; evaluate on "
                 "a labeled set, or review the report and cut over with --force")
     if row["gate_passed"] is not True:
         return f"{what} did not pass its gate{where}"
-    if current is not None and row["active_space"] != current["space"]:
+    if current is not None and row["active_space"] != current.space:
         return (f"{what} compared it with {row['active_space']!r}, but the active space is now "
-                f"{current['space']!r}; {fix}")
+                f"{current.space!r}; {fix}")
     return None
 
 
@@ -135,15 +131,15 @@ def validator_reasons(conn, config: PipelineConfig, source: str, provider_for) -
 
 
 def gate_reasons(conn, db: Database, config: PipelineConfig, source: SourceTable, target: dict,
-                 current: dict | None, provider_for) -> list[str]:
+                 current: Binding | None, provider_for) -> list[str]:
     """Every failing gate (none is skipped because an earlier one failed)."""
     reasons = [backup_reason(db, config, source, target),
-               coverage_reason(conn, config, source, target["space"]),
-               eval_reason(conn, config.project_schema, source.name, target["space"], current)]
+               coverage_reason(conn, config, source, target.space),
+               eval_reason(conn, config.project_schema, source.name, target.space, current)]
     return [r for r in reasons if r] + validator_reasons(conn, config, source.name, provider_for)
 
 
-def flip(conn, config: PipelineConfig, source: SourceTable, current: dict | None, target: dict) -> dict:
+def flip(conn, config: PipelineConfig, source: SourceTable, current: Binding | None, target: Binding) -> dict:
     """Retire ``current`` (delete_after = now + its retention), activate ``target``, repoint the read path."""
     s = sql.Identifier(config.project_schema)
     retired = None
@@ -152,15 +148,15 @@ def flip(conn, config: PipelineConfig, source: SourceTable, current: dict | None
             "UPDATE {}.bindings SET status = 'retired', retired_at = now(), "
             "delete_after = now() + make_interval(secs => %s) "
             "WHERE source = %s AND space = %s AND status = 'active' RETURNING retired_at, delete_after").format(s),
-            (retention_days(config, current["space"]) * DAY_S, source.name, current["space"])).fetchone()
+            (retention_days(config, current.space) * DAY_S, source.name, current.space)).fetchone()
     # After the retirement: the unique index allows one active binding per source at every statement.
     activated = conn.execute(sql.SQL(
         "UPDATE {}.bindings SET status = 'active', previous_space = %s, activated_at = now(), retired_at = NULL, "
         "delete_after = NULL WHERE source = %s AND space = %s RETURNING activated_at").format(s),
-        (current["space"] if current else None, source.name, target["space"])).fetchone()
+        (current.space if current else None, source.name, target.space)).fetchone()
     install_read_path(conn, config, source, target)
     schema = config.project_schema
-    return {"source": source.name, "space": target["space"], "previous_space": current["space"] if current else None,
+    return {"source": source.name, "space": target.space, "previous_space": current.space if current else None,
             "activated_at": activated[0], "previous_delete_after": retired[1] if retired else None,
             "view": f"{schema}.{view_name(source.name)}",
             "search_function": f"{schema}.{search_function_name(source.name)}"}
@@ -185,7 +181,7 @@ def _switch(db: Database, config: PipelineConfig, source: str, space: str | None
                 target, details = decide(conn, src, current)
                 result = flip(conn, config, src, current, target)
                 result.update(details, actor=actor, forced=forced)
-                result["audit_id"] = record_audit(conn, schema, action, source, target["space"], actor, forced,
+                result["audit_id"] = record_audit(conn, schema, action, source, target.space, actor, forced,
                                                   {k: v for k, v in result.items() if k != "audit_id"})
             return result
         except RefusedError as e:
@@ -230,27 +226,27 @@ def rollback(db: Database, config: PipelineConfig, source: str, actor: str | Non
         title = f"rollback of source {source!r} refused"
         if current is None:
             raise RefusedError(title, [f"source {source!r} has no active space; run `embedding-pipeline setup`"])
-        prev = current["previous_space"]
+        prev = current.previous_space
         if prev is None:
-            raise RefusedError(title, [f"no previous space: source {source!r} has been on {current['space']!r} "
+            raise RefusedError(title, [f"no previous space: source {source!r} has been on {current.space!r} "
                                        "since first start, so there is nothing to roll back to"])
         target = binding(conn, schema, source, prev)
-        if target is None or target["status"] == "deleted":
-            when = _at(target["deleted_at"]) if target else ""
+        if target is None or target.status == "deleted":
+            when = at_text(target.deleted_at) if target else ""
             raise RefusedError(title, [
                 f"previous space {prev!r} was deleted{when} after its retention (its table was dropped); the rollback "
                 f"window is closed: restore its table from the backup or cut over to another space"])
-        if target["status"] != "retired":
-            raise RefusedError(title, [f"previous space {prev!r} is {target['status']!r}, not retired"])
-        if target["storage"] == "table" and not table_present(conn, target):
-            raise RefusedError(title, [f"table {target['table_schema']}.{target['table_name']} of previous space "
+        if target.status != "retired":
+            raise RefusedError(title, [f"previous space {prev!r} is {target.status!r}, not retired"])
+        if not target.is_legacy and not table_present(conn, target):
+            raise RefusedError(title, [f"table {target.table_schema}.{target.table_name} of previous space "
                                        f"{prev!r} is missing; restore it from the backup first"])
         c = space_counts(conn, config, src, prev)
         warnings = []
         if c.missing or c.stale:
             warnings.append(f"space {prev!r} misses {c.missing:,} and has {c.stale:,} stale of {c.eligible:,} rows "
                             f"(edits made since it was retired); run `embedding-pipeline reembed --source {source} "
-                            f"--space {prev}`" if target["storage"] == "table" else
+                            f"--space {prev}`" if not target.is_legacy else
                             f"legacy column misses {c.missing:,} of {c.eligible:,} rows")
         return target, {"warnings": warnings}
 

@@ -38,7 +38,7 @@ from psycopg import sql
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.embeddings.coverage import SpaceCounts, space_counts
 from embedding_pipeline.spaces.bindings import bindings
-from embedding_pipeline.spaces.model import model_version
+from embedding_pipeline.spaces.model import Binding
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 CHECKED_STATUSES = ("active", "shadow")  # retired spaces are frozen for rollback: reported, not checked
@@ -142,40 +142,40 @@ def collect(conn: psycopg.Connection, config: PipelineConfig, source: str, *,
     """
     src_cfg = config.source(source)  # an unknown name raises ConfigError listing the configured sources
     bound = [b for b in bindings(conn, config.project_schema, source)
-             if b["status"] != "deleted" and (b["status"] != "retired" or b["space"] in config.spaces)]
+             if b.status != "deleted" and (b.status != "retired" or b.space in config.spaces)]
     if not bound:
         return []
     src = inspect_source(conn, source, src_cfg)
     queue_stats = queue_stats or {}
     out = []
     for b in bound:
-        counts = space_counts(conn, config, src, b["space"])
-        drift = SpaceDrift(counts, b["status"], src.qualified,
+        counts = space_counts(conn, config, src, b.space)
+        drift = SpaceDrift(counts, b.status, src.qualified,
                            queue_depth=queue_stats.get("queue_depth"),
                            queue_lag_seconds=queue_stats.get("queue_lag_seconds"))
-        if b["storage"] == "table":
+        if not b.is_legacy:
             _table_extras(conn, config, b, drift)
         elif counts.declared_dims is None:
-            drift.wrong_dims = _wrong_dims(conn, src, b["vector_column"], counts.configured_dims)
+            drift.wrong_dims = _wrong_dims(conn, src, b.vector_column, counts.configured_dims)
         out.append(drift)
     return out
 
 
-def _table_extras(conn, config: PipelineConfig, b: dict, drift: SpaceDrift) -> None:
-    expected = model_version(b["space"], config.space(b["space"]))
-    rel = sql.Identifier(b["table_schema"], b["table_name"]).as_string(conn)
+def _table_extras(conn, config: PipelineConfig, b: Binding, drift: SpaceDrift) -> None:
+    expected = config.space(b.space).model_version
+    rel = b.ident.as_string(conn)
     row = conn.execute(
         "SELECT a.attnotnull, EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c' "
         "  AND k.convalidated AND position(quote_literal(%s::text) IN pg_get_constraintdef(k.oid)) > 0) "
         "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
         "WHERE c.oid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
-        (expected, rel, b["vector_column"])).fetchone()
+        (expected, rel, b.vector_column)).fetchone()
     if row is None:
         return  # the table is not created yet: counts already say 0 stored
     notnull, drift.version_pinned = row
     if not notnull:
         drift.counts.null_vectors = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
-            sql.Identifier(b["table_schema"], b["table_name"]), sql.Identifier(b["vector_column"]))).fetchone()[0]
+            b.ident, sql.Identifier(b.vector_column))).fetchone()[0]
 
 
 def _wrong_dims(conn, src: SourceTable, column: str, dims: int) -> int:

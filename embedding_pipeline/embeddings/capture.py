@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db.audit import record_audit
 from embedding_pipeline.db.connection import table_exists
 from embedding_pipeline.db.queue import (
     MODES,
@@ -44,7 +45,6 @@ from embedding_pipeline.db.queue import (
 from embedding_pipeline.embeddings.reembed import RunInProgress, delete_orphans, reembed
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.bindings import bindings
-from embedding_pipeline.spaces.model import hash_expr, space_table_name
 from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable, inspect_source
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,6 @@ def _drop_trigger(conn, config: PipelineConfig, source: SourceTable | None, name
         sql.Identifier(config.project_schema, function_name(name))))
 
 
-def _audit(conn, schema: str, action: str, source: str, details: dict) -> None:
-    conn.execute(sql.SQL("INSERT INTO {}.audit (action, source, details) VALUES (%s, %s, %s)").format(
-        sql.Identifier(schema)), (action, source, psycopg.types.json.Jsonb(details)))
-
-
 def enable_capture(conn, config: PipelineConfig, source: str, *, mode: str = "auto",
                    lock_timeout: str = "5s") -> dict:
     """Install the trigger (mode 'trigger'), fall back to the cursor on InsufficientPrivilege ('auto'),
@@ -168,7 +163,7 @@ def enable_capture(conn, config: PipelineConfig, source: str, *, mode: str = "au
                     "INSERT INTO {} AS st (source, mode, high_water) VALUES (%s, 'trigger', NULL) ON CONFLICT (source) "
                     "DO UPDATE SET mode = 'trigger', high_water = NULL, enabled_at = now() WHERE st.mode <> 'trigger'"
                 ).format(state), (source,))
-                _audit(conn, schema, "capture_enable", source, {"mode": "trigger", "granted_to": roles})
+                record_audit(conn, schema, "capture_enable", source, details={"mode": "trigger", "granted_to": roles})
             return capture_status(conn, config, source)
         except psycopg.errors.InsufficientPrivilege as e:
             if mode == "trigger":
@@ -191,7 +186,7 @@ def enable_capture(conn, config: PipelineConfig, source: str, *, mode: str = "au
             "ON CONFLICT (source) DO UPDATE SET mode = 'cursor', high_water = clock_timestamp(), enabled_at = now() "
             "WHERE st.mode <> 'cursor'"
         ).format(state), (source,))
-        _audit(conn, schema, "capture_enable", source, {"mode": "cursor"})
+        record_audit(conn, schema, "capture_enable", source, details={"mode": "cursor"})
     return capture_status(conn, config, source)
 
 
@@ -208,7 +203,7 @@ def disable_capture(conn, config: PipelineConfig, source: str, *, lock_timeout: 
         _drop_trigger(conn, config, src, source)
         row = conn.execute(sql.SQL("DELETE FROM {} WHERE source = %s RETURNING mode").format(
             sql.Identifier(schema, STATE)), (source,)).fetchone()
-        _audit(conn, schema, "capture_disable", source, {"was": row[0] if row else None})
+        record_audit(conn, schema, "capture_disable", source, details={"was": row[0] if row else None})
     return {"source": source, "disabled": row is not None, "was": row[0] if row else None,
             **queue_stats(conn, schema, source)}
 
@@ -234,8 +229,8 @@ def capture_status(conn, config: PipelineConfig, source: str) -> dict:
 def target_spaces(conn, config: PipelineConfig, source: str) -> list[str]:
     """Per-model tables kept fresh for a source: its shadow and active table bindings still configured."""
     configured = set(config.spaces_for(source))
-    return [b["space"] for b in bindings(conn, config.project_schema, source)
-            if b["status"] in ("shadow", "active") and b["storage"] == "table" and b["space"] in configured]
+    return [b.space for b in bindings(conn, config.project_schema, source)
+            if b.status in ("shadow", "active") and not b.is_legacy and b.space in configured]
 
 
 def poll_cursor(conn, config: PipelineConfig, source: str, *, overlap_seconds: float = 60.0) -> int:
@@ -250,8 +245,7 @@ def poll_cursor(conn, config: PipelineConfig, source: str, *, overlap_seconds: f
         out_of_date = [sql.SQL(
             "(c.ok AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.source_id = c.id AND e.content_sha256 = {h})) "
             "OR (NOT c.ok AND EXISTS (SELECT 1 FROM {t} e WHERE e.source_id = c.id))").format(
-                t=sql.Identifier(schema, space_table_name(source, s)),
-                h=hash_expr(config.space(s).fingerprint, sql.SQL("c.content")))
+                t=config.space(s).on(source).ident, h=config.space(s).content_hash(sql.SQL("c.content")))
             for s in target_spaces(conn, config, source)] or [sql.SQL("false")]
         filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
         queued, newest = conn.execute(sql.SQL(
@@ -320,7 +314,7 @@ def consume(db, config: PipelineConfig, source: str, provider_for, *, limit: int
                     if cursor_mode:
                         # The cursor cannot see hard deletes: sweep the whole table for orphans.
                         with db.connect() as sweep, sweep.transaction():
-                            deleted += delete_orphans(sweep, src, schema, space)
+                            deleted += delete_orphans(sweep, src, config.space(space).on(src))
                     result["spaces"][space] = {"embedded": stats.embedded, "deleted": deleted}
                 entry_ids = [e[0] for e in entries]
                 conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, QUEUE)),

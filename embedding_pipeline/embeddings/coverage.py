@@ -14,7 +14,6 @@ from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import declared_dimension
-from embedding_pipeline.spaces.model import hash_expr, model_version, space_table_name
 from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable
 
 
@@ -66,22 +65,21 @@ class SpaceCounts:
 
 def table_counts(conn, config: PipelineConfig, source: SourceTable, space: str) -> SpaceCounts:
     """Counts for a per-model table in one pass over the source and the table."""
-    cfg = config.space(space)
-    schema = config.project_schema
-    table = space_table_name(source.name, space)
-    counts = SpaceCounts(source.name, space, "table", f"{schema}.{table}", expected_version=model_version(space, cfg),
-                         configured_dims=cfg.dimensions)
-    counts.declared_dims = declared_dimension(conn, schema, table, "embedding")
-    if counts.declared_dims is None and not _exists(conn, schema, table):
+    resolved = config.space(space)
+    table = resolved.on(source)
+    counts = SpaceCounts(source.name, space, "table", table.qualified, expected_version=resolved.model_version,
+                         configured_dims=resolved.dimensions)
+    counts.declared_dims = declared_dimension(conn, table.schema, table.name, "embedding")
+    if counts.declared_dims is None and not _exists(conn, table.schema, table.name):
         counts.eligible = conn.execute(sql.SQL("SELECT count(*) FROM ({}) s").format(source.eligible_rows())).fetchone()[0]
         return counts
-    tbl = sql.Identifier(schema, table)
+    tbl = table.ident
     row = conn.execute(sql.SQL(
         "SELECT count(s.id), count(e.source_id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
         "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
         "count(*) FILTER (WHERE s.id IS NULL) "
         "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id"
-    ).format(h=hash_expr(cfg.fingerprint, sql.SQL("s.content")), eligible=source.eligible_rows(), tbl=tbl)).fetchone()
+    ).format(h=resolved.content_hash(sql.SQL("s.content")), eligible=source.eligible_rows(), tbl=tbl)).fetchone()
     counts.eligible, counts.stored, counts.covered, counts.stale, counts.orphans = row
     counts.versions = dict(conn.execute(
         sql.SQL("SELECT model_version, count(*) FROM {} GROUP BY 1 ORDER BY 2 DESC").format(tbl)).fetchall())
@@ -92,7 +90,7 @@ def legacy_counts(conn, config: PipelineConfig, source: SourceTable) -> SpaceCou
     """The adopted in-place column: coverage is its non-NULL share among eligible rows."""
     c = source.cfg
     cfg = config.space(c.legacy_space)
-    version = model_version(c.legacy_space, cfg)
+    version = cfg.model_version
     counts = SpaceCounts(source.name, c.legacy_space, "legacy_column",
                          f"{c.schema_}.{c.table}.{c.legacy_vector_column}", expected_version=version,
                          configured_dims=cfg.dimensions)

@@ -24,7 +24,7 @@ from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.errors import EmbeddingPipelineError
 from embedding_pipeline.spaces.bindings import build_index, ensure_binding
-from embedding_pipeline.spaces.model import hash_expr, model_version, space_table_name
+from embedding_pipeline.spaces.model import SpaceTable
 from embedding_pipeline.spaces.registry import register_space
 from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable, inspect_source
 
@@ -68,13 +68,12 @@ class ReembedStats:
         return d
 
 
-def pending_rows(source: SourceTable, schema: str, space: str, fingerprint: str, ids: bool = False,
-                 ordered: bool = False) -> sql.Composed:
+def pending_rows(source: SourceTable, table: SpaceTable, ids: bool = False, ordered: bool = False) -> sql.Composed:
     """Eligible rows with no vector in this space, or a vector of an older content."""
-    tbl = sql.Identifier(schema, space_table_name(source.name, space))
-    h = hash_expr(fingerprint, sql.SQL("s.content"))
+    tbl = table.ident
+    h = table.space.content_hash(sql.SQL("s.content"))
     # A row of another version (written by bypassing us with the CHECK dropped) is re-embedded too.
-    mv = sql.Literal(f"{space}@{fingerprint[:16]}")  # == spaces.model_version(space, cfg)
+    mv = sql.Literal(table.space.model_version)
     id_filter = sql.SQL("AND s.id = ANY(%(ids)s)") if ids else sql.SQL("")
     return sql.SQL(
         "SELECT s.id::text AS id_text, s.content, {h} AS sha FROM ({eligible}) s "
@@ -84,9 +83,9 @@ def pending_rows(source: SourceTable, schema: str, space: str, fingerprint: str,
              order=sql.SQL("ORDER BY s.id") if ordered else sql.SQL(""))
 
 
-def delete_orphans(conn, source: SourceTable, schema: str, space: str, ids: list | None = None) -> int:
+def delete_orphans(conn, source: SourceTable, table: SpaceTable, ids: list | None = None) -> int:
     """Vectors whose source row is gone, filtered out (soft-deleted) or blank; only `ids` when given."""
-    tbl = sql.Identifier(schema, space_table_name(source.name, space))
+    tbl = table.ident
     only = sql.SQL("e.source_id = ANY(%(ids)s) AND") if ids is not None else sql.SQL("")
     cur = conn.execute(sql.SQL(
         "DELETE FROM {tbl} e WHERE {only} NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
@@ -103,21 +102,20 @@ def blank_counts(conn, source: SourceTable) -> Counter:
     return Counter({k: v for k, v in zip(("null", "blank"), row) if v})
 
 
-def coverage_counts(conn, source: SourceTable, schema: str, space: str) -> tuple[int, int]:
-    tbl = sql.Identifier(schema, space_table_name(source.name, space))
+def coverage_counts(conn, source: SourceTable, table: SpaceTable) -> tuple[int, int]:
     row = conn.execute(sql.SQL("SELECT (SELECT count(*) FROM ({e}) s), (SELECT count(*) FROM {t})").format(
-        e=source.eligible_rows(), t=tbl)).fetchone()
+        e=source.eligible_rows(), t=table.ident)).fetchone()
     return row[0], row[1]
 
 
 class _Writer:
     """Writes batches on its own connection and thread so that encoding never waits on I/O."""
 
-    def __init__(self, db: Database, source: SourceTable, schema: str, space: str, cfg):
+    def __init__(self, db: Database, source: SourceTable, table: SpaceTable):
         self.conn = db.connect()
-        self.table = sql.Identifier(schema, space_table_name(source.name, space))
-        self.version = model_version(space, cfg)
-        self.storage = cfg.storage_type
+        self.table = table.ident
+        self.version = table.space.model_version
+        self.storage = table.space.storage_type
         self.id_type = sql.SQL(source.id_type)
         self.eligible = source.eligible_rows()
         self.queue: queue.Queue = queue.Queue(maxsize=2)
@@ -203,12 +201,12 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
             ids: list | None = None, batch_size: int | None = None, build_hnsw: bool = True,
             logger=log, progress_interval: float = 10.0) -> ReembedStats:
     """Bring one (source, space) table up to date; see the module docstring."""
-    cfg = config.space(space_name)
+    space = config.space(space_name)
     schema = config.project_schema
     stats = ReembedStats(source_name, space_name)
     # Rows per read/commit: several model batches, because sentence-transformers sorts texts by
     # length only within one encode() call (64-row calls measured 0.38x of one large call).
-    batch = batch_size or min(READ_BATCHES * cfg.batch_size, 2048)
+    batch = batch_size or min(READ_BATCHES * space.batch_size, 2048)
     started = time.monotonic()
     with db.connect() as conn:
         ensure_schema(conn, schema)
@@ -218,8 +216,9 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
             raise EmbeddingPipelineError(
                 f"space {space_name!r} is the legacy column {source.qualified}.{source.cfg.legacy_vector_column} "
                 "for this source: it is adopted read-only and never re-embedded by us")
+        table = space.on(source)
         register_space(conn, config, space_name, provider)
-        ensure_binding(conn, config, source, space_name)
+        ensure_binding(conn, source, space)
         from embedding_pipeline.spaces.validator import validate_space
 
         validate_space(conn, config, space_name, provider, sources=[source], raise_on_failure=True)
@@ -233,28 +232,28 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
             # An incremental pass (ids from change capture) touches only those rows: the full-table
             # sweeps belong to the scheduled full pass.
             with conn.transaction():
-                stats.deleted = delete_orphans(conn, source, schema, space_name, ids)
+                stats.deleted = delete_orphans(conn, source, table, ids)
             if ids is None:
                 stats.skipped = blank_counts(conn, source)
             params = {"ids": ids} if ids is not None else {}
-            query = pending_rows(source, schema, space_name, cfg.fingerprint, ids=ids is not None)
+            query = pending_rows(source, table, ids=ids is not None)
             stats.todo = conn.execute(sql.SQL("SELECT count(*) FROM ({}) p").format(query), params).fetchone()[0]
-            query = pending_rows(source, schema, space_name, cfg.fingerprint, ids=ids is not None, ordered=True)
+            query = pending_rows(source, table, ids=ids is not None, ordered=True)
             conn.commit()
             logger.info(f"{source.qualified} -> {space_name}: {stats.todo:,} rows to embed, "
                         f"{stats.deleted:,} stale vectors deleted, skipped {dict(stats.skipped) or 'none'}")
             progress = Progress(f"{source_name} -> {space_name}", stats.todo, logger, progress_interval)
             if stats.todo:
-                _stream(db, query, params, batch, provider, source, schema, space_name, cfg, stats, progress)
+                _stream(db, query, params, batch, provider, source, table, stats, progress)
             progress.update(0, force=True)
             if build_hnsw:
                 t = time.monotonic()
-                stats.index_built = build_index(conn, config, source_name, space_name)
+                stats.index_built = build_index(conn, table)
                 stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
-            stats.eligible, stats.stored = coverage_counts(conn, source, schema, space_name)
+            stats.eligible, stats.stored = coverage_counts(conn, source, table)
             conn.commit()
             if stats.embedded + stats.deleted > 0.1 * max(stats.stored, 1):
-                _vacuum(db, schema, space_table_name(source_name, space_name))
+                _vacuum(db, table)
         finally:
             if not conn.closed and not conn.broken:
                 conn.rollback()
@@ -263,14 +262,14 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
     return stats
 
 
-def _vacuum(db: Database, schema: str, table: str) -> None:
+def _vacuum(db: Database, table: SpaceTable) -> None:
     """After a bulk change: fresh statistics, and a visibility map that lets drift use index-only scans."""
     with db.connect(autocommit=True) as conn:
-        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, table)))
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table.ident))
 
 
-def _stream(db, query, params, batch, provider, source, schema, space, cfg, stats, progress):
-    writer = _Writer(db, source, schema, space, cfg)
+def _stream(db, query, params, batch, provider, source, table, stats, progress):
+    writer = _Writer(db, source, table)
     try:
         # A named cursor streams from the server; its snapshot stays put while the writer commits.
         with db.connect() as rconn, rconn.cursor(name="ep_pending") as cur:

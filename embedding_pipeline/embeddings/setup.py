@@ -1,14 +1,13 @@
-"""Vector spaces: the registry, one table per (source, space), and the source queries.
+"""Preparing a source: register its spaces, create their tables and bindings, set the active one.
 
-A space is an identity (model, revision, dimensions, prompts, normalisation, transport);
-its ``model_version`` string is written into every row and pinned by a CHECK constraint,
-so the database itself refuses a vector from another space. The legacy in-place column
-(e.g. ``documents.embedding``) is adopted as a read-only binding and never altered.
+The legacy in-place column (e.g. ``documents.embedding``) is adopted as a read-only binding and
+never altered.
 """
 
 from __future__ import annotations
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.read_path.install import ensure_read_path
 from embedding_pipeline.spaces.bindings import ensure_binding, initialise_active
 from embedding_pipeline.spaces.registry import (
     check_identity,
@@ -31,14 +30,10 @@ def prepare_source(conn, config: PipelineConfig, source_name: str, provider_for,
             register_space(conn, config, space, provider_for(space))
         else:
             check_identity(conn, config.project_schema, space, config.space(space))
-        ensure_binding(conn, config, source, space)
+        ensure_binding(conn, source, config.space(space))
     if source.cfg.active_space in wanted:
         initialise_active(conn, config, source_name)
         conn.commit()
-        from embedding_pipeline.read_path.install import (
-            ensure_read_path,  # read_path builds on this module
-        )
-
         ensure_read_path(conn, config, source_name)
     conn.commit()
     return source

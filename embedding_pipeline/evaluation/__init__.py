@@ -1,4 +1,7 @@
-"""Retrieval evaluation: IR metrics, ranking agreement, BEIR loading and stored eval sets.
+"""Shadow evaluation: IR metrics, ranking agreement, BEIR loading, stored eval sets, smoke evidence.
 
-Nothing here knows about Dagster; the shadow-evaluation assets build on these pieces.
+Each space is searched with its own query vectors in its own table, never mixed. ``smoke`` and
+``sentinels`` are the per-endpoint evidence (dimensions, PL/EN texts, latency, endpoint class).
+
+May import: ``config``, ``errors``, ``db``, ``spaces``, ``providers``, ``read_path``, ``embeddings``.
 """

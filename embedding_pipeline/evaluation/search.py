@@ -27,11 +27,10 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.bindings import has_index
-from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.model import DISTANCE
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 MODES = ("exact", "hnsw")
-DISTANCE = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 BATCH = 500  # queries per statement: bounds the parameter size (500 x 4 KB) and the result set
 
 
@@ -77,13 +76,13 @@ def search_target(conn: psycopg.Connection, config: PipelineConfig, source: str 
         return SearchTarget(src, space, "legacy_column", src.cfg.schema_, src.cfg.table, col,
                             "halfvec" if declared.startswith("halfvec") else "vector", cfg.index.ops,
                             cfg.index.ef_search, _legacy_hnsw(conn, src.cfg.schema_, src.cfg.table, col))
-    schema, table = config.project_schema, space_table_name(src.name, space)
-    if not table_exists(conn, schema, table):
+    table = cfg.on(src)
+    if not table_exists(conn, table.schema, table.name):
         raise DatabaseError(
-            f"space {space!r} has no table {schema}.{table} for source {src.name!r}; embed it first "
+            f"space {space!r} has no table {table.qualified} for source {src.name!r}; embed it first "
             f"(`embedding-pipeline reembed --source {src.name} --space {space}`)")
-    return SearchTarget(src, space, "table", schema, table, "embedding", cfg.storage_type, cfg.index.ops,
-                        cfg.index.ef_search, has_index(conn, schema, table))
+    return SearchTarget(src, space, "table", table.schema, table.name, "embedding", cfg.storage_type, cfg.index.ops,
+                        cfg.index.ef_search, has_index(conn, table))
 
 
 def stored_rows(target: SearchTarget) -> sql.Composed:

@@ -82,7 +82,7 @@ def run_smoke(name: str, cfg, provider_for: Callable[[str], object], *, calls: i
     reason = block_reason(name, cfg, endpoint_class, evidence)
     result = {
         "space": name, "model": cfg.model, "revision": cfg.revision, "transport": cfg.transport,
-        "model_version": model_version(name, cfg), "endpoint_class": endpoint_class,
+        "model_version": model_version(name, cfg.fingerprint), "endpoint_class": endpoint_class,
         "endpoint_evidence": evidence, "allow_cloud": bool(getattr(cfg, "allow_cloud", False)),
         "blocked": reason is not None, "reason": reason, "texts": len(texts), "languages": sentinel_languages(),
         "calls": calls, "expected_dims": cfg.dimensions, "dims": None, "dims_ok": False, "warmup_ms": None,

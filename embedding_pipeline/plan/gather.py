@@ -42,12 +42,9 @@ from embedding_pipeline.read_path.install import (
     served_space,
     view_name,
 )
-from embedding_pipeline.spaces.bindings import space_table_ddl
+from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.model import (
-    OPS,
-    index_name,
-    model_version,
-    space_table_name,
+    SpaceTable,
 )
 from embedding_pipeline.spaces.registry import identity_diff
 from embedding_pipeline.spaces.source import inspect_source
@@ -91,12 +88,13 @@ def _source_state(conn, db: Database, config: PipelineConfig, space: str, name: 
     p = SourcePlan(src, space_counts(conn, config, src, space))
     s = sql.Identifier(schema)
     if table_exists(conn, schema, "bindings"):
-        rows = _all(conn, sql.SQL("SELECT * FROM {}.bindings WHERE source = %s ORDER BY space").format(s), (name,))
-        p.binding = next((b for b in rows if b["space"] == space), None)
-        p.active = next((b for b in rows if b["status"] == "active"), None)
-        p.others = [b for b in rows if b["space"] != space]
+        rows = bindings(conn, schema, name)
+        p.binding = next((b for b in rows if b.space == space), None)
+        p.active = next((b for b in rows if b.status == "active"), None)
+        p.others = [b for b in rows if b.space != space]
+    table = config.space(space).on(src)
     row = _one(conn, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s AND indexname = %s",
-               (schema, p.table, index_name(p.table)))
+               (schema, table.name, table.index_name))
     p.index_def = row["indexdef"] if row else None
     view = sql.Identifier(schema, view_name(name)).as_string(conn)
     row = _one(conn, "SELECT pg_get_viewdef(to_regclass(%s), true) AS def", (view,))
@@ -125,8 +123,8 @@ def _source_state(conn, db: Database, config: PipelineConfig, space: str, name: 
             "SELECT * FROM {}.drift_history WHERE source = %s AND space = %s ORDER BY at DESC, id DESC LIMIT 1"
         ).format(s), (name, space))
     _backup_state(db, config, p)
-    p.table_ddl = space_table_ddl(src, schema, space, config.space(space)).as_string(conn)
-    p.index_ddl = index_ddl(config, name, space).as_string(conn)
+    p.table_ddl = table.ddl(src.id_type).as_string(conn)
+    p.index_ddl = index_ddl(table).as_string(conn)
     if src.cfg.legacy_vector_column:
         p.drop_legacy = sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
             src.ident, sql.Identifier(src.cfg.legacy_vector_column)).as_string(conn)
@@ -134,16 +132,10 @@ def _source_state(conn, db: Database, config: PipelineConfig, space: str, name: 
     return p
 
 
-def index_ddl(config: PipelineConfig, source: str, space: str) -> sql.Composed:
-    """The statements spaces.build_index runs (its SET is LOCAL to the build's transaction)."""
-    cfg = config.space(space)
-    table = space_table_name(source, space)
-    return sql.SQL(
-        "SET LOCAL maintenance_work_mem = {mem};\n"
-        "CREATE INDEX IF NOT EXISTS {idx} ON {tbl} USING hnsw (embedding {ops}) WITH (m = {m}, ef_construction = {ef})"
-    ).format(mem=sql.Literal(cfg.index.maintenance_work_mem), idx=sql.Identifier(index_name(table)),
-             tbl=sql.Identifier(config.project_schema, table), ops=sql.SQL(OPS[cfg.storage_type][cfg.index.ops]),
-             m=sql.Literal(cfg.index.m), ef=sql.Literal(cfg.index.ef_construction))
+def index_ddl(table: SpaceTable) -> sql.Composed:
+    """The statements spaces.bindings.build_index runs (its SET is LOCAL to the build's transaction)."""
+    return sql.SQL("SET LOCAL maintenance_work_mem = {};\n{}").format(
+        sql.Literal(table.space.index.maintenance_work_mem), table.index_ddl())
 
 
 def _backup_state(db: Database, config: PipelineConfig, p: SourcePlan) -> None:
@@ -179,7 +171,7 @@ def checklist(config: PipelineConfig, space: str, registered: dict | None, smoke
                                                       "register the new model under a new space name"))
     else:
         steps.append(Step("space registered", DONE, f"{registered['model_version']}"))
-    table = f"{config.project_schema}.{p.table}"
+    table = cfg.on(p.source).qualified
     created = c.declared_dims is not None
     steps.append(Step("table created", DONE if created else PENDING,
                       table if created else f"{table} does not exist; `embedding-pipeline setup --source {p.name}`"))
@@ -194,7 +186,7 @@ def checklist(config: PipelineConfig, space: str, registered: dict | None, smoke
         steps.append(Step("coverage 100%", PENDING,
                           f"{cov}; `embedding-pipeline reembed --source {p.name} --space {space}`"))
     steps.append(Step("index built", DONE if p.index_def else PENDING,
-                      index_name(p.table) if p.index_def else "built by the re-embed run after its bulk load"))
+                      cfg.on(p.source).index_name if p.index_def else "built by the re-embed run after its bulk load"))
     steps.append(_smoke_step(config, space, smoke))
     ok, reason = p.backup_check
     steps.append(Step("backup verified & fresh", DONE if ok else (PENDING if p.backup is None else FAILED), reason))
@@ -205,9 +197,9 @@ def checklist(config: PipelineConfig, space: str, registered: dict | None, smoke
         problems = drift_problems(p.drift)
         steps.append(Step("drift clean", FAILED if problems else DONE,
                           "; ".join(problems) if problems else f"checked {p.drift['at'].isoformat(timespec='minutes')}"))
-    status = p.binding["status"] if p.binding else None
+    status = p.binding.status if p.binding else None
     steps.append(Step("cutover done", DONE if status == "active" else PENDING,
-                      f"binding {status or 'missing'}; active space: {p.active['space'] if p.active else 'none'}"))
+                      f"binding {status or 'missing'}; active space: {p.active.space if p.active else 'none'}"))
     return steps
 
 
@@ -215,7 +207,7 @@ def _smoke_step(config: PipelineConfig, space: str, smoke: dict | None) -> Step:
     fix = f"`embedding-pipeline smoke --space {space}`"
     if smoke is None:
         return Step("smoke passed", PENDING, f"no smoke result yet; {fix}")
-    if smoke.get("model_version") != model_version(space, config.space(space)):
+    if smoke.get("model_version") != config.space(space).model_version:
         return Step("smoke passed", PENDING, f"the stored smoke ({smoke.get('at')}) was of another identity; {fix}")
     if smoke.get("ok"):
         return Step("smoke passed", DONE, f"{smoke['dims']}-d, p95 {smoke['p95_ms']} ms, {smoke['endpoint_class']} "
@@ -231,7 +223,7 @@ def _eval_step(p: SourcePlan, space: str) -> Step:
         return Step("eval gate passed", PENDING, f"no shadow evaluation yet; {fix}")
     what = f"report #{p.eval['id']} ({p.eval['kind']}, vs {p.eval['active_space']})"
     if p.eval["gate_passed"] is True:
-        if p.active and p.active["space"] not in (space, p.eval["active_space"]):
+        if p.active and p.active.space not in (space, p.eval["active_space"]):
             return Step("eval gate passed", PENDING, f"{what} compared against a space no longer active; {fix}")
         return Step("eval gate passed", DONE, what)
     if p.eval["gate_passed"] is False:

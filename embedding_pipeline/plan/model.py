@@ -1,12 +1,6 @@
-"""The migration plan for one target space, generated from the config and the live database.
+"""The migration plan's data: steps, per-source state, the plan, and index build estimates.
 
-``build_plan`` reads (never writes) the catalog and the project's tables for every source the
-space is configured for: registry, binding, per-model table and its HNSW index, coverage, the
-read path, change-capture triggers, the latest smoke, eval, drift and verified backup. From that
-state it derives a checklist (done / pending / failed per step) and ``plan_sections.render``
-turns it into Markdown: Schema, Indexes, Write path, Read path, Cutover, Rollback, Deletion,
-Backup, Evidence. The document holds DDL, commands and numbers only: no document text, no
-credentials (URLs appear as ``"$DATABASE_URL"`` / ``"$REDIS_URL"``).
+Plain data classes shared by ``gather`` (which fills them) and ``render`` (which prints them).
 """
 
 from __future__ import annotations
@@ -17,7 +11,7 @@ from pathlib import Path
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.embeddings.coverage import SpaceCounts
-from embedding_pipeline.spaces.model import space_table_name
+from embedding_pipeline.spaces.model import Binding, space_table_name
 from embedding_pipeline.spaces.source import SourceTable
 
 MIN_MEASURED_ROWS = 10_000  # smaller builds are dominated by fixed costs and extrapolate badly
@@ -54,9 +48,9 @@ class Step:
 class SourcePlan:
     source: SourceTable
     counts: SpaceCounts
-    binding: dict | None = None
-    active: dict | None = None
-    others: list[dict] = field(default_factory=list)
+    binding: Binding | None = None
+    active: Binding | None = None
+    others: list[Binding] = field(default_factory=list)
     index_def: str | None = None
     view_def: str | None = None
     served: str | None = None

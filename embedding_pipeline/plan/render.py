@@ -12,7 +12,6 @@ import shlex
 from embedding_pipeline.evaluation.smoke import endpoint_of
 from embedding_pipeline.plan.model import DONE, FAILED, Plan, backup_tables
 from embedding_pipeline.read_path.install import search_function_name, view_name
-from embedding_pipeline.spaces.model import OPS, model_version
 
 # The CLI commands each step names; one place to keep them in step with the CLI modules.
 COMMANDS = {
@@ -61,7 +60,7 @@ def _duration(seconds: float) -> str:
 def header(plan: Plan) -> str:
     cfg = plan.config.space(plan.space)
     eclass, evidence = endpoint_of(cfg)
-    rows = [[p.name, p.source.qualified, p.active["space"] if p.active else "none yet",
+    rows = [[p.name, p.source.qualified, p.active.space if p.active else "none yet",
              f"{p.counts.eligible:,}", p.source.cfg.legacy_vector_column or "-"] for p in plan.sources]
     return "\n\n".join([
         f"# Migration plan: `{plan.space}`",
@@ -71,7 +70,7 @@ def header(plan: Plan) -> str:
         _table(["target", "value"], [
             ["model", f"`{cfg.model}`"], ["revision", cfg.revision or "unpinned"], ["transport", cfg.transport],
             ["dimensions", f"{cfg.dimensions} ({cfg.storage_type})"], ["endpoint", f"{eclass}: {evidence}"],
-            ["model_version (pinned in every row)", f"`{model_version(plan.space, cfg)}`"
+            ["model_version (pinned in every row)", f"`{cfg.model_version}`"
              + ("" if plan.registered else " (registered at setup)")]]),
         _table(["source", "table", "active space now", "eligible rows", "legacy column"], rows),
     ])
@@ -106,7 +105,7 @@ def indexes(plan: Plan) -> str:
             for p in plan.sources]
     bases = sorted({p.estimate[1] for p in plan.sources})
     out = ["## Indexes",
-           f"HNSW on `embedding` with operator class `{OPS[cfg.storage_type][ix.ops]}`, "
+           f"HNSW on `embedding` with operator class `{cfg.opclass}`, "
            f"m = {ix.m}, ef_construction = {ix.ef_construction}; queries run with `hnsw.ef_search = {ix.ef_search}` "
            f"(set by the search function). Built once, after the bulk load, with `maintenance_work_mem = "
            f"{ix.maintenance_work_mem}` for that transaction only; PostgreSQL may add parallel workers "
@@ -183,8 +182,8 @@ def rollback(plan: Plan) -> str:
            "until its `delete_after` has passed and a deletion run dropped it. Rows edited after the switch are "
            "stale there; the command names the re-embed that refreshes them. Dagster: job `rollback`."]
     for p in plan.sources:
-        prev = p.active["space"] if p.active and p.active["space"] != plan.space else (
-            p.binding["previous_space"] if p.binding else None)
+        prev = p.active.space if p.active and p.active.space != plan.space else (
+            p.binding.previous_space if p.binding else None)
         out.append(f"- **{p.name}**: {cmd('rollback', source=p.name)}; after cutover it returns to "
                    f"`{prev or 'the previous space'}`.")
     return "\n\n".join(out)
@@ -199,11 +198,11 @@ def deletion(plan: Plan) -> str:
            "backup of the source contains it, and it lives in the project schema. Runs daily (schedule "
            f"`delete_retired_daily`, 04:00 UTC) or {cmd('delete')}; every decision goes to the audit table."]
     for p in plan.sources:
-        old = p.active["space"] if p.active and p.active["space"] != plan.space else None
+        old = p.active.space if p.active and p.active.space != plan.space else None
         if old:
             out.append(f"- **{p.name}**: after cutover `{old}` is retired for {cfg.retention_for(old):g} days.")
-        rows = [[b["space"], b["status"], b["storage"], b["retired_at"] or "-", b["delete_after"] or "-",
-                 b["deleted_at"] or "-"] for b in p.others if b["status"] in ("retired", "deleted")]
+        rows = [[b.space, b.status, b.storage, b.retired_at or "-", b.delete_after or "-",
+                 b.deleted_at or "-"] for b in p.others if b.status in ("retired", "deleted")]
         if rows:
             out.append(_table(["space", "status", "storage", "retired_at", "delete_after", "deleted_at"], rows))
         if p.drop_legacy:

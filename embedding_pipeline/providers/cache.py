@@ -1,19 +1,8 @@
-"""The read path: per source, one view and one search function over the active space only.
+"""One provider cache for the process: models are loaded once per space configuration.
 
-``<project_schema>."<source>_active_embedding"`` (source_id, embedding, space, model_version)
-selects either the adopted legacy column of the source table or a per-model table joined to the
-source's eligible rows, so filtered, soft-deleted and blank rows never appear.
-``<project_schema>."<source>_search"(query, k)`` orders that view by the space's distance.
-
-A switch (cutover.py) replaces both in the same transaction that updates the bindings, under
-the ``cutover:<source>`` advisory lock. The view is dropped and created rather than replaced
-because its vector column changes type when dimensions differ; readers wait on the view's lock
-and then see the old or the new definition, never a mix.
-
-Python ``search()`` runs in a REPEATABLE READ transaction that first locks the view (LOCK takes
-no snapshot, so the snapshot is taken after any switch in flight has committed) and then reads
-the binding: binding and view always agree, and a query embedded for a space that stopped being
-active before the lock was granted is embedded again with the active space's provider.
+The CLI, the Dagster resources and the read path all ask here. The key is the space's whole
+configuration, not only its identity: two configs of one model that differ in endpoint, timeout
+or batch size get their own provider.
 """
 
 from __future__ import annotations
@@ -22,22 +11,21 @@ import threading
 from typing import Any
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.providers.factory import build_provider
 
 _providers: dict[tuple[str, str], Any] = {}
-
-
 _providers_lock = threading.Lock()
 
 
-def default_provider_for(config: PipelineConfig):
-    """Providers built once per process per space identity."""
-    from embedding_pipeline.providers import build_provider
+def cached_provider(space) -> Any:
+    """The provider of a resolved ``Space``, built on first use."""
+    key = (space.name, space.cfg.model_dump_json())
+    with _providers_lock:
+        if key not in _providers:
+            _providers[key] = build_provider(space.name, space.cfg)
+        return _providers[key]
 
-    def provider_for(space: str):
-        cfg = config.space(space)
-        with _providers_lock:
-            key = (space, cfg.fingerprint)
-            if key not in _providers:
-                _providers[key] = build_provider(space, cfg)
-            return _providers[key]
-    return provider_for
+
+def default_provider_for(config: PipelineConfig):
+    """``provider_for(space_name)`` over the process cache, for code that is handed a callable."""
+    return lambda space: cached_provider(config.space(space))

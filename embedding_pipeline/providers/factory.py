@@ -7,6 +7,8 @@ from embedding_pipeline.providers.base import EmbeddingProvider
 
 
 def build_provider(name: str, config) -> EmbeddingProvider:
+    """``config``: a resolved ``Space`` or its transport config."""
+    config = getattr(config, "cfg", config)
     if isinstance(config, SentenceTransformersSpace):
         from embedding_pipeline.providers.sentence_transformers import (
             SentenceTransformersProvider,

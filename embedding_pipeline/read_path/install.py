@@ -5,15 +5,10 @@ selects either the adopted legacy column of the source table or a per-model tabl
 source's eligible rows, so filtered, soft-deleted and blank rows never appear.
 ``<project_schema>."<source>_search"(query, k)`` orders that view by the space's distance.
 
-A switch (cutover.py) replaces both in the same transaction that updates the bindings, under
+A switch (``cutover.switch``) replaces both in the same transaction that updates the bindings, under
 the ``cutover:<source>`` advisory lock. The view is dropped and created rather than replaced
 because its vector column changes type when dimensions differ; readers wait on the view's lock
 and then see the old or the new definition, never a mix.
-
-Python ``search()`` runs in a REPEATABLE READ transaction that first locks the view (LOCK takes
-no snapshot, so the snapshot is taken after any switch in flight has committed) and then reads
-the binding: binding and view always agree, and a query embedded for a space that stopped being
-active before the lock was granted is embedded again with the active space's provider.
 """
 
 from __future__ import annotations
@@ -27,8 +22,8 @@ from psycopg import sql
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.errors import DatabaseError
 from embedding_pipeline.spaces.bindings import active_binding, lock_key
-from embedding_pipeline.spaces.model import DISTANCE, model_version
-from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable, inspect_source
+from embedding_pipeline.spaces.model import Binding, Space
+from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 
 def view_name(source: str) -> str:
@@ -39,43 +34,26 @@ def search_function_name(source: str) -> str:
     return f"{source}_search"
 
 
-def _operator(config: PipelineConfig, space: str) -> sql.SQL:
-    return sql.SQL(DISTANCE[config.space(space).index.ops])
-
-
-def _vector_type(conn, config: PipelineConfig, b: dict) -> str:
+def vector_type(conn, space: Space, b: Binding) -> str:
     """'vector' or 'halfvec': the stored type of the binding's vectors."""
-    if b["storage"] == "table":
-        return config.space(b["space"]).storage_type
+    if not b.is_legacy:
+        return space.storage_type
     row = conn.execute(
         "SELECT t.typname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
         "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
-        (b["table_schema"], b["table_name"], b["vector_column"])).fetchone()
+        (b.table_schema, b.table_name, b.vector_column)).fetchone()
     if row is None or row[0] not in ("vector", "halfvec"):
-        raise DatabaseError(f"{b['table_schema']}.{b['table_name']}.{b['vector_column']} is missing or not a "
+        raise DatabaseError(f"{b.table_schema}.{b.table_name}.{b.vector_column} is missing or not a "
                             "vector/halfvec column; check legacy_vector_column in the config")
     return row[0]
 
 
-def space_rows(config: PipelineConfig, source: SourceTable, b: dict) -> sql.Composed:
+def space_rows(space: Space, source: SourceTable, b: Binding) -> sql.Composed:
     """SELECT source_id, embedding, space, model_version of one binding's eligible rows."""
-    space = b["space"]
-    labels = {"space": sql.Literal(space), "mv": sql.Literal(model_version(space, config.space(space)))}
-    if b["storage"] == "legacy_column":
-        c = source.cfg
-        filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
-        # No table alias: the operator's filter may name the table itself.
-        return sql.SQL(
-            "SELECT {id} AS source_id, {vec} AS embedding, {space}::text AS space, {mv}::text AS model_version "
-            "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
-        ).format(id=sql.Identifier(c.id_column), vec=sql.Identifier(b["vector_column"]),
-                 tbl=sql.Identifier(b["table_schema"], b["table_name"]), filt=filt,
-                 text=sql.Identifier(c.text_column), **labels)
-    return sql.SQL(
-        "SELECT e.source_id, e.embedding, {space}::text AS space, e.model_version FROM {tbl} e "
-        "WHERE EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
-    ).format(tbl=sql.Identifier(b["table_schema"], b["table_name"]), eligible=source.eligible_rows(), **labels)
+    if b.is_legacy:
+        return source.legacy_rows(space, b.vector_column)
+    return space.on(source).rows(source)
 
 
 PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "EXECUTE"}
@@ -115,7 +93,7 @@ def pgvector_version(conn) -> tuple[int, ...]:
     return _versions[conn]
 
 
-def install_read_path(conn, config: PipelineConfig, source: SourceTable, b: dict) -> None:
+def install_read_path(conn, config: PipelineConfig, source: SourceTable, b: Binding) -> None:
     """Point the view and the search function at binding ``b``.
 
     Call inside the transaction that changes the bindings, holding the source's lock. Grants on
@@ -123,18 +101,18 @@ def install_read_path(conn, config: PipelineConfig, source: SourceTable, b: dict
     """
     schema, vname = config.project_schema, view_name(source.name)
     view = sql.Identifier(schema, vname)
-    vtype = _vector_type(conn, config, b)
+    space = config.space(b.space)
+    vtype = vector_type(conn, space, b)
     grants = _grants(conn, _VIEW_ACL, (schema, vname))
     conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
-    conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(view, space_rows(config, source, b)))
-    comment = {"space": b["space"], "storage": b["storage"],
-               "model_version": model_version(b["space"], config.space(b["space"]))}
+    conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(view, space_rows(space, source, b)))
+    comment = {"space": b.space, "storage": b.storage, "model_version": space.model_version}
     conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(json.dumps(comment))))
     _regrant(conn, view, grants)
-    _install_search_function(conn, config, source, b, vtype)
+    _install_search_function(conn, config, source, space, vtype)
 
 
-def _install_search_function(conn, config: PipelineConfig, source: SourceTable, b: dict, vtype: str) -> None:
+def _install_search_function(conn, config: PipelineConfig, source: SourceTable, space: Space, vtype: str) -> None:
     schema, fname = config.project_schema, search_function_name(source.name)
     fn = sql.Identifier(schema, fname)
     existing = conn.execute(_FUNCTION, (schema, fname)).fetchall()
@@ -144,11 +122,11 @@ def _install_search_function(conn, config: PipelineConfig, source: SourceTable, 
     if existing and not replaced:
         # vector <-> halfvec changes the argument type, which CREATE OR REPLACE would add as an overload.
         conn.execute(sql.SQL("DROP FUNCTION {}").format(fn))
-    op = _operator(config, b["space"])
+    op = space.distance
     body = sql.SQL("SELECT v.source_id, (v.embedding {op} query)::double precision FROM {view} v "
                    "ORDER BY v.embedding {op} query LIMIT k").format(
                        op=op, view=sql.Identifier(schema, view_name(source.name)))
-    settings = [sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(str(config.space(b["space"]).index.ef_search)))]
+    settings = [sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(str(space.index.ef_search)))]
     if pgvector_version(conn) >= (0, 8):
         # Rows filtered out by the view would otherwise leave fewer than k hits.
         settings.append(sql.SQL("SET hnsw.iterative_scan = 'strict_order'"))
@@ -203,7 +181,7 @@ def ensure_read_path(conn, config: PipelineConfig, source: str) -> str | None:
         elif not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (lock_key(source),)).fetchone()[0]:
             return space  # a switch is committing; the search's view lock orders us after it
         b = active_binding(conn, schema, source)
-        if b is not None and served_space(conn, config, source) != b["space"]:
+        if b is not None and served_space(conn, config, source) != b.space:
             install_read_path(conn, config, src, b)
     conn.commit()
-    return b["space"] if b else None
+    return b.space if b else None

@@ -58,8 +58,8 @@ class FusedResult:
 def lazy_target(conn, config: PipelineConfig, source: str) -> str | None:
     """The new space of a lazy migration: ``lazy_target`` if configured, else the single shadow table space."""
     configured = set(config.spaces_for(source))
-    shadows = [b["space"] for b in bindings(conn, config.project_schema, source)
-               if b["status"] == "shadow" and b["storage"] == "table" and b["space"] in configured]
+    shadows = [b.space for b in bindings(conn, config.project_schema, source)
+               if b.status == "shadow" and not b.is_legacy and b.space in configured]
     explicit = getattr(config.source(source), "lazy_target", None)
     if explicit:
         if explicit not in shadows:
@@ -89,9 +89,8 @@ def missing_in(conn, config: PipelineConfig, source: str, space: str, ids: list)
     """The ids with no vector in the space's table (ids keep their Python type, so the PK index is used)."""
     if not ids:
         return []
-    b = next(b for b in bindings(conn, config.project_schema, source) if b["space"] == space)
     present = {r[0] for r in conn.execute(sql.SQL("SELECT source_id FROM {} WHERE source_id = ANY(%s)").format(
-        sql.Identifier(b["table_schema"], b["table_name"])), (list(ids),)).fetchall()}
+        config.space(space).on(source).ident), (list(ids),)).fetchall()}
     return [i for i in ids if i not in present]
 
 

@@ -1,19 +1,10 @@
-"""The read path: per source, one view and one search function over the active space only.
+"""Search in the source's active space, in one snapshot that sees the binding and the view together.
 
-``<project_schema>."<source>_active_embedding"`` (source_id, embedding, space, model_version)
-selects either the adopted legacy column of the source table or a per-model table joined to the
-source's eligible rows, so filtered, soft-deleted and blank rows never appear.
-``<project_schema>."<source>_search"(query, k)`` orders that view by the space's distance.
-
-A switch (cutover.py) replaces both in the same transaction that updates the bindings, under
-the ``cutover:<source>`` advisory lock. The view is dropped and created rather than replaced
-because its vector column changes type when dimensions differ; readers wait on the view's lock
-and then see the old or the new definition, never a mix.
-
-Python ``search()`` runs in a REPEATABLE READ transaction that first locks the view (LOCK takes
-no snapshot, so the snapshot is taken after any switch in flight has committed) and then reads
-the binding: binding and view always agree, and a query embedded for a space that stopped being
-active before the lock was granted is embedded again with the active space's provider.
+``search()`` runs in a REPEATABLE READ transaction that first locks the view (LOCK takes no
+snapshot, so the snapshot is taken after any switch in flight has committed) and then reads the
+binding: binding and view always agree, and a query embedded for a space that stopped being active
+before the lock was granted is embedded again with the active space's provider. Sources in
+``mode: lazy`` are answered by ``lazy.fused_search`` instead.
 """
 
 from __future__ import annotations
@@ -28,15 +19,13 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.errors import DatabaseError, EmbeddingPipelineError
 from embedding_pipeline.providers.cache import default_provider_for
-from embedding_pipeline.read_path.ann import Hit, _ann_settings, _param, embed_query
+from embedding_pipeline.read_path.ann import Hit, ann_settings, embed_query
 from embedding_pipeline.read_path.install import (
-    _operator,
-    _vector_type,
     ensure_read_path,
+    vector_type,
     view_name,
 )
 from embedding_pipeline.spaces.bindings import active_binding
-from embedding_pipeline.spaces.model import model_version
 
 
 @dataclass
@@ -109,20 +98,21 @@ def _search_in_snapshot(conn, config, source, query_text, k, provider_for, guess
         b = active_binding(conn, schema, source)
         if b is None:
             raise EmbeddingPipelineError(f"source {source!r} has no active space")
-        space = b["space"]
+        space = b.space
+        resolved = config.space(space)
         reembedded = space != guess
         if reembedded:
             vector = embed_query(provider_for(space), query_text)
-        for name, value in _ann_settings(conn, config, space, k).items():
+        for name, value in ann_settings(conn, resolved, k).items():
             conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-        op = _operator(config, space)
         rows = conn.execute(sql.SQL(
             "SELECT source_id, (embedding {op} %(q)s)::double precision, space, model_version FROM {view} "
-            "ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(op=op, view=sql.Identifier(schema, view_name(source))),
-            {"q": _param(_vector_type(conn, config, b), vector), "k": k}).fetchall()
+            "ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(op=resolved.distance,
+                                                                view=sql.Identifier(schema, view_name(source))),
+            {"q": resolved.vector_param(vector, vector_type(conn, resolved, b)), "k": k}).fetchall()
     served = {r[2] for r in rows}
     if served - {space}:
         raise DatabaseError(f"the read path of {source!r} serves {sorted(served)} but the active space is {space!r}; "
                             "run `embedding-pipeline status` and report this")
-    mv = rows[0][3] if rows else model_version(space, config.space(space))
+    mv = rows[0][3] if rows else resolved.model_version
     return SearchResult(source, space, mv, [Hit(r[0], r[1]) for r in rows], reembedded)

@@ -1,9 +1,7 @@
-"""Vector spaces: the registry, one table per (source, space), and the source queries.
+"""The space registry: each space's identity and canary vectors, recorded once.
 
-A space is an identity (model, revision, dimensions, prompts, normalisation, transport);
-its ``model_version`` string is written into every row and pinned by a CHECK constraint,
-so the database itself refuses a vector from another space. The legacy in-place column
-(e.g. ``documents.embedding``) is adopted as a read-only binding and never altered.
+Registering a known name with a different identity is refused (the same-name model swap);
+the canaries let the validator notice a different model answering under the same name.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from psycopg import sql
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.errors import SpaceIdentityError
 from embedding_pipeline.spaces.canaries import CANARY_TEXTS
-from embedding_pipeline.spaces.model import model_version
 
 
 def _canary_rows(provider) -> list[tuple[int, str, list[float]]]:
@@ -67,7 +64,7 @@ def register_space(conn: psycopg.Connection, config: PipelineConfig, name: str, 
             ).format(s),
             (name, cfg.model, cfg.revision, cfg.transport, cfg.dimensions, cfg.storage_type, cfg.query_prompt,
              cfg.document_prompt, cfg.normalize, json.dumps(cfg.identity()), cfg.fingerprint,
-             model_version(name, cfg), config.retention_for(name)),
+             cfg.model_version, cfg.retention_days),
         ).fetchone()
         if inserted is None:  # a concurrent registration won; it must be the same identity
             check_identity(conn, schema, name, cfg)

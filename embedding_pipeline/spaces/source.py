@@ -1,9 +1,7 @@
-"""Vector spaces: the registry, one table per (source, space), and the source queries.
+"""A configured source table, checked against the live catalog, and the queries over its rows.
 
-A space is an identity (model, revision, dimensions, prompts, normalisation, transport);
-its ``model_version`` string is written into every row and pinned by a CHECK constraint,
-so the database itself refuses a vector from another space. The legacy in-place column
-(e.g. ``documents.embedding``) is adopted as a read-only binding and never altered.
+Eligible rows are those the operator's ``row_filter`` keeps whose text is not blank; every per-model
+table and the legacy column are read through them, so soft-deleted or blank rows never appear.
 """
 
 from __future__ import annotations
@@ -49,6 +47,21 @@ class SourceTable:
         return sql.SQL(
             "SELECT {id} AS id, {text} AS content FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT
         ).format(id=sql.Identifier(c.id_column), text=sql.Identifier(c.text_column), tbl=self.ident, filt=filt)
+
+
+    def legacy_rows(self, space, column: str) -> sql.Composed:
+        """SELECT source_id, embedding, space, model_version of the adopted column's eligible rows.
+
+        No table alias: the operator's filter may name the table itself.
+        """
+        c = self.cfg
+        filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
+        return sql.SQL(
+            "SELECT {id} AS source_id, {vec} AS embedding, {space}::text AS space, {mv}::text AS model_version "
+            "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
+        ).format(id=sql.Identifier(c.id_column), vec=sql.Identifier(column), tbl=self.ident, filt=filt,
+                 text=sql.Identifier(c.text_column), space=sql.Literal(space.name),
+                 mv=sql.Literal(space.model_version))
 
 
 def inspect_source(conn: psycopg.Connection, name: str, cfg: SourceConfig) -> SourceTable:

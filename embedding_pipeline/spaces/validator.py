@@ -18,7 +18,6 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import declared_dimension
 from embedding_pipeline.errors import EmbeddingPipelineError, ValidationFailed
 from embedding_pipeline.spaces.canaries import CANARY_MIN_COSINE, CANARY_TEXTS
-from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.registry import (
     identity_diff,
     registered_identity,
@@ -78,8 +77,8 @@ def dimension_checks(conn, config: PipelineConfig, sources: list[SourceTable]) -
             checks.append(_dimension_check(conn, src.name, src.cfg.legacy_space, config.space(src.cfg.legacy_space),
                                            src.cfg.schema_, src.cfg.table, src.cfg.legacy_vector_column))
         for space in config.spaces_for(src.name):
-            checks.append(_dimension_check(conn, src.name, space, config.space(space), config.project_schema,
-                                           space_table_name(src.name, space), "embedding"))
+            table = config.space(space).on(src)
+            checks.append(_dimension_check(conn, src.name, space, table.space, table.schema, table.name, "embedding"))
     return checks
 
 

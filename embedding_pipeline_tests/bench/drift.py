@@ -18,7 +18,7 @@ import time
 from psycopg import sql
 
 from embedding_pipeline.embeddings.coverage import space_counts
-from embedding_pipeline.spaces.model import hash_expr, model_version, space_table_name
+from embedding_pipeline.spaces.model import hash_expr, space_table_name
 from embedding_pipeline_tests.bench.common import (
     PRECOMPUTED,
     SOURCE,
@@ -53,7 +53,7 @@ def _fill(conn, cfg, tbl) -> None:
     conn.execute(sql.SQL(
         "INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding) "
         "SELECT s.id, {mv}, {h}, p.v FROM documents s JOIN pool p ON p.i = mod(abs(hashtext(s.id)), 4096)").format(
-            tbl=tbl, mv=sql.Literal(model_version(PRECOMPUTED, cfg.space(PRECOMPUTED))),
+            tbl=tbl, mv=sql.Literal(cfg.space(PRECOMPUTED).model_version),
             h=hash_expr(cfg.space(PRECOMPUTED).fingerprint, sql.SQL("s.content"))))
     conn.commit()
 

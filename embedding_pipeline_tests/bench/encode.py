@@ -103,7 +103,7 @@ def run(*, rows: int | None = None, device: str = "cpu", repeats: int = 3, targe
         d["reembed_read_16_batches_rows_per_s"] = round(stats.embedded / stats.seconds, 1)
         with db.connect() as conn:
             t = time.perf_counter()
-            build_index(conn, cfg, SOURCE, SPACE)
+            build_index(conn, cfg.space(SPACE).on(SOURCE))
             d["hnsw_build_seconds"] = round(time.perf_counter() - t, 2)
         d["bare_rows_per_s"] = summary(bare, 1)
         d["reembed_rows_per_s"] = summary(ours, 1)

@@ -48,7 +48,7 @@ def engine_pass(db, cfg, source, n: int, batch: int, pool, time_box: float | Non
     with db.connect() as conn:
         conn.execute(sql.SQL("TRUNCATE {}").format(write_variants.target(cfg)))
         conn.commit()
-    writer = _Writer(db, source, cfg.project_schema, PRECOMPUTED, cfg.space(PRECOMPUTED))
+    writer = _Writer(db, source, cfg.space(PRECOMPUTED).on(source))
     t, sent, boxed = time.perf_counter(), 0, False
     for ids, shas, vecs in batches(n, batch, pool):
         writer.put(ids, shas, vecs)

@@ -24,7 +24,7 @@ import time
 
 from psycopg import sql
 
-from embedding_pipeline.spaces.model import model_version, space_table_name
+from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline_tests.bench.common import PRECOMPUTED, SOURCE
 
 UPSERT = ("INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding, embedded_at) "
@@ -58,7 +58,7 @@ def target(cfg) -> sql.Identifier:
 
 def _statements(cfg, source, v: dict):
     tbl, el = target(cfg), source.eligible_rows()
-    mv = model_version(PRECOMPUTED, cfg.space(PRECOMPUTED))
+    mv = cfg.space(PRECOMPUTED).model_version
     if v.get("direct"):
         copy = sql.SQL("COPY {} (source_id, content_sha256, embedding, model_version) FROM STDIN (FORMAT BINARY)").format(tbl)
         stmt = sql.SQL(PRUNE).format(tbl=tbl, el=el) if v.get("prune") else None

@@ -11,9 +11,9 @@ import dagster as dg
 from pydantic import Field
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.cutover.audit import who
 from embedding_pipeline.cutover.deletion import delete_retired
 from embedding_pipeline.cutover.switch import cutover, rollback
+from embedding_pipeline.db.audit import who
 from embedding_pipeline.defs.cutover.schedules import build_schedules
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.errors import EmbeddingPipelineError, RefusedError

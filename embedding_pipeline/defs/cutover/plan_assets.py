@@ -10,11 +10,10 @@ extrapolate, else from the reference rate; the plan says which.
 
 import dagster as dg
 
-from embedding_pipeline.plan import gather as plan_lib
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.resources import PipelineResource, asset_name
-from embedding_pipeline.plan.model import DONE, FAILED, PENDING
-from embedding_pipeline.plan.model import IndexBuild
+from embedding_pipeline.plan import gather as plan_lib
+from embedding_pipeline.plan.model import DONE, FAILED, PENDING, IndexBuild
 
 RECENT_MATERIALIZATIONS = 50
 

@@ -105,8 +105,8 @@ def _build_shadow_eval_asset(*, space: str, config: PipelineConfig, partitions: 
                 return _skip(f"source {source} has no active space yet; run `embedding-pipeline setup` first")
             if active == space:
                 return _skip(f"space {space} is the active space of {source}")
-            if own is not None and own["status"] != "shadow":
-                return _skip(f"space {space} is {own['status']} for {source}, not a shadow candidate")
+            if own is not None and own.status != "shadow":
+                return _skip(f"space {space} is {own.status} for {source}, not a shadow candidate")
             eval_set = pick_eval_set(conn, config, source)
             conn.commit()
         context.log.info(f"{source}: {active} (active) vs {space} on eval set {eval_set.name} ({eval_set.kind}, "
