@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -206,6 +207,10 @@ def _parentheses_balanced(expr: str) -> bool:
 
 
 class BackupConfig(_Strict):
+    # `database`: the whole database, as an operator means "backup before" (restores on its own:
+    # foreign keys, functions, triggers and all). `tables`: the source, its per-model tables and
+    # every table their foreign keys reach, for databases too large to dump whole.
+    scope: Literal["database", "tables"] = "database"
     directory: str = "backups"
     keep: int = Field(5, ge=1)
     max_age_hours: float = Field(24.0, gt=0)
@@ -235,6 +240,8 @@ class PipelineConfig(_Strict):
     backup: BackupConfig = BackupConfig()
     eval: EvalConfig = EvalConfig()
     drift: DriftConfig = DriftConfig()
+    # {"spaces.<name>.<field>": VARIABLE} for values Honcho's environment set (see load_config).
+    _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self) -> "PipelineConfig":
@@ -262,7 +269,9 @@ class PipelineConfig(_Strict):
             cfg = self.spaces[name]
         except KeyError:
             raise ConfigError(f"unknown space {name!r}; configured spaces: {sorted(self.spaces)}") from None
-        return Space(name, cfg, self.project_schema, self.retention_for(name))
+        prefix = f"spaces.{name}."
+        env = {key.removeprefix(prefix): var for key, var in self._from_env.items() if key.startswith(prefix)}
+        return Space(name, cfg, self.project_schema, self.retention_for(name), env)
 
     def source(self, name: str) -> SourceConfig:
         try:
@@ -291,10 +300,12 @@ HONCHO_ENV = {
 }
 
 
-def _apply_honcho_env(raw: dict[str, Any], env: dict[str, str]) -> None:
+def _apply_honcho_env(raw: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+    """Apply Honcho's variables to every legacy space; return {"spaces.<name>.<field>": VARIABLE}."""
     overrides = {field: env[var] for var, field in HONCHO_ENV.items() if env.get(var)}
+    applied: dict[str, str] = {}
     if not overrides:
-        return
+        return applied
     if overrides.get("transport") == "sentence_transformers":
         overrides["transport"] = "sentence-transformers"
     legacy = {s.get("legacy_space") for s in (raw.get("sources") or {}).values() if isinstance(s, dict)}
@@ -305,12 +316,22 @@ def _apply_honcho_env(raw: dict[str, Any], env: dict[str, str]) -> None:
             for key in ("dimensions_mode", "base_url"):
                 space.pop(key, None)
         raw["spaces"][name] = space
+        applied.update({f"spaces.{name}.{field}": var for var, field in HONCHO_ENV.items()
+                        if field in overrides and field in space})
+    return applied
 
 
-def _format_error(err: ValidationError) -> str:
+def _format_error(err: ValidationError, from_env: dict[str, str] | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        # A value that came from Honcho's environment is named by its variable: that is what to fix.
+        # (the union's tag sits between space and field: spaces.<name>.<transport>.<field>)
+        var = next((v for key, v in (from_env or {}).items()
+                    if loc.startswith(key.rsplit(".", 1)[0] + ".") and loc.rsplit(".", 1)[-1] == key.rsplit(".", 1)[1]),
+                   None)
+        if var is not None:
+            loc = f"{var} (environment, applied to {loc})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "literal_error" or e["type"] == "union_tag_invalid":
             msg = f"{msg} (got {e.get('input')!r})"
@@ -331,11 +352,13 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping")
     raw.setdefault("spaces", {})
-    _apply_honcho_env(raw, env)
+    from_env = _apply_honcho_env(raw, env)
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"invalid config {path}: {_format_error(e)}") from None
+        raise ConfigError(f"invalid config {path}: {_format_error(e, from_env)}") from None
+    config._from_env = from_env
+    return config
 
 
 def state_dir(env: dict[str, str] | None = None) -> Path:

@@ -343,3 +343,11 @@ def test_cli_drift_json_lists_stats_and_fails_on_error(db, cfg, capsys, config_p
     assert row["source"] == "documents" and row["versions"] == {cfg.space(SPACE).model_version: 40}
     assert (row["coverage"], row["stale"], row["orphans"]) == (1.0, 1, 0)
     assert [c["check"] for c in row["failed_checks"]] == ["no_stale_vectors"]
+    with db.connect() as conn:
+        history = conn.execute(f"SELECT space, stale FROM {SCHEMA}.drift_history WHERE source = 'documents' "
+                               "ORDER BY space").fetchall()
+        alerted = conn.execute(f"SELECT check_name FROM {SCHEMA}.alerts").fetchall()
+    assert history == [("minilm", 0), (SPACE, 1)] and alerted == [("no_stale_vectors",)]
+    run_command(parser.parse_args(["--config", str(tmp_path / "drift.yaml"), "drift", "--no-record", "--json"]))
+    with db.connect() as conn:  # a read-only look adds nothing
+        assert conn.execute(f"SELECT count(*) FROM {SCHEMA}.drift_history").fetchone()[0] == 2

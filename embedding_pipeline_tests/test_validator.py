@@ -12,7 +12,7 @@ from embedding_pipeline.cli import main as cli_main
 from embedding_pipeline.config import load_config
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.setup import prepare_source
-from embedding_pipeline.errors import SpaceIdentityError
+from embedding_pipeline.errors import ConfigError, SpaceIdentityError
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.registry import register_space
 from embedding_pipeline.spaces.validator import validate
@@ -62,6 +62,25 @@ def test_dimension_mismatch_via_honcho_env(db, registered, config_path, monkeypa
     assert failures and failures[0].table == "public.documents.embedding"
     assert failures[0].declared == 384 and failures[0].configured == 768
     assert "new space" in failures[0].message
+    # Named as what the operator set, the variable, not the YAML key it overrode.
+    assert "EMBEDDING_VECTOR_DIMENSIONS=768" in failures[0].message
+    assert "set EMBEDDING_VECTOR_DIMENSIONS back to 384" in failures[0].message
+
+
+def test_cli_validate_before_setup_says_so(db, config_path, capsys):
+    """Before `setup` there is no registry: a clear message and exit 2, not a traceback."""
+    with db.connect() as conn:
+        make_documents(conn, 3)
+    assert cli_main(["validate"]) == 2
+    err = capsys.readouterr().err
+    assert "no space registry" in err and "embedding-pipeline setup" in err and "Traceback" not in err
+
+
+def test_invalid_honcho_variable_is_named(config_path, monkeypatch):
+    """A bad EMBEDDING_VECTOR_DIMENSIONS is reported as that variable, not as spaces.minilm.dimensions."""
+    monkeypatch.setenv("EMBEDDING_VECTOR_DIMENSIONS", "many")
+    with pytest.raises(ConfigError, match=r"^invalid config .*: EMBEDDING_VECTOR_DIMENSIONS \(environment"):
+        load_config(config_path)
 
 
 def test_cli_validate_exit_code_and_json(db, registered, config_path, monkeypatch, capsys):

@@ -85,7 +85,8 @@ def pg_env(password: str | None) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], env: dict[str, str], what: str, password: str | None) -> None:
+def run(cmd: list[str], env: dict[str, str], what: str, password: str | None) -> str:
+    """Run a client; its stdout, or a BackupError with the last lines of its output (password masked)."""
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     except OSError as e:
@@ -95,6 +96,7 @@ def run(cmd: list[str], env: dict[str, str], what: str, password: str | None) ->
         if password:
             text = text.replace(password, "***")
         raise BackupError(f"{what} failed (exit {proc.returncode}): {text}")
+    return proc.stdout
 
 
 def pg_client(db: Database, name: str, configured: str | None, server_major: int) -> tuple[Path, str]:
@@ -131,6 +133,28 @@ def server_version(conn: psycopg.Connection) -> tuple[int, str]:
     return conn.info.server_version // 10000, conn.execute("SHOW server_version").fetchone()[0]
 
 
+def missing_tables(conn: psycopg.Connection, refs: list[TableRef]) -> list[str]:
+    return [f"{r.schema}.{r.table}" for r in refs if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(
+        r.schema, r.table).as_string(conn),)).fetchone()[0] is None]
+
+
+def referenced_closure(conn: psycopg.Connection, refs: list[TableRef]) -> list[TableRef]:
+    """``refs`` plus every table their foreign keys reach, transitively: a restore needs them all."""
+    out = {(r.schema, r.table): r for r in refs}
+    todo = list(out)
+    while todo:
+        schema, table = todo.pop()
+        for s, t in conn.execute(
+                "SELECT rn.nspname, rc.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_class rc ON rc.oid = k.confrelid "
+                "JOIN pg_namespace rn ON rn.oid = rc.relnamespace "
+                "WHERE k.contype = 'f' AND n.nspname = %s AND c.relname = %s", (schema, table)).fetchall():
+            if (s, t) not in out:
+                out[(s, t)] = TableRef(s, t)
+                todo.append((s, t))
+    return list(out.values())
+
+
 def dump_pattern(ref: TableRef) -> str:
     # Inside double quotes pg_dump's pattern characters (* ? . and regex ones) are literal and
     # a quote is doubled: exactly SQL identifier quoting, applied unconditionally.
@@ -138,6 +162,10 @@ def dump_pattern(ref: TableRef) -> str:
 
 
 def restore_commands(pg_restore: str, url: str, dump: Path, manifest: dict) -> list[str]:
+    if manifest.get("scope") == "database":
+        # A whole-database dump carries its schemas, extensions, functions and triggers.
+        return [shlex.join([pg_restore, "--no-owner", "--clean", "--if-exists", "--single-transaction",
+                            "--exit-on-error", "--dbname", url, str(dump.resolve())])]
     # pg_dump -t leaves out the tables' schemas and the vector extension; the target needs both.
     ext = manifest.get("extension")
     schemas = dict.fromkeys(manifest["schemas"] + ([ext["schema"]] if ext else []))

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from embedding_pipeline.backup.catalog import (
 from embedding_pipeline.backup.postgres import (
     TableRef,
     dump_pattern,
+    missing_tables,
     pg_client,
     pg_env,
     primary_key,
@@ -152,6 +154,7 @@ def take_backup(db: Database, *, source: str, tables: list[TableRef], cfg: Backu
         backup_redis.ping(redis_url)  # fail before the (possibly long) pg_dump
     folder = _prepare_dir(root / source)
     dump = folder / DUMP_FILE
+    whole = cfg.scope == "database"
     try:
         with _connect(db) as conn:
             conn.rollback()
@@ -160,10 +163,16 @@ def take_backup(db: Database, *, source: str, tables: list[TableRef], cfg: Backu
             # pg_dump reads the snapshot this transaction exported, so the checksums below
             # describe exactly the rows in the dump even while writers keep going.
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            missing = missing_tables(conn, refs)
+            if missing:
+                raise BackupError(f"backup of source {source!r}: table(s) {', '.join(missing)} do not exist; "
+                                  "nothing was dumped. Check the source's schema/table in the config")
             created = _now()
-            args = [str(pg_dump), "--format=custom", "--strict-names"]
-            for ref in refs:
-                args += ["-t", dump_pattern(ref)]
+            args = [str(pg_dump), "--format=custom"]
+            if not whole:
+                args.append("--strict-names")
+                for ref in refs:
+                    args += ["-t", dump_pattern(ref)]
             partial = folder / (DUMP_FILE + ".partial")
             run(args + ["--snapshot", snapshot, "--file", str(partial), "--dbname", url], env, "pg_dump", password)
             os.replace(partial, dump)
@@ -177,6 +186,9 @@ def take_backup(db: Database, *, source: str, tables: list[TableRef], cfg: Backu
                                "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
             conn.rollback()
         redis_info = backup_redis.snapshot(redis_url, folder) if redis_url else None
+    except BackupError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     except (psycopg.Error, OSError) as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise BackupError(f"backup of source {source!r} failed: {str(e).strip().splitlines()[0]}") from None
@@ -184,7 +196,7 @@ def take_backup(db: Database, *, source: str, tables: list[TableRef], cfg: Backu
         shutil.rmtree(folder, ignore_errors=True)
         raise
     manifest = {
-        "format": MANIFEST_FORMAT, "source": source, "created_at": created.isoformat(),
+        "format": MANIFEST_FORMAT, "source": source, "scope": cfg.scope, "created_at": created.isoformat(),
         "database": redact(db.url), "server_version": server_ver, "server_major": server_major,
         "pg_dump_version": dump_version, "dump_file": DUMP_FILE, "dump_sha256": sha256(dump),
         "dump_bytes": dump.stat().st_size, "tables": table_rows,
@@ -239,6 +251,26 @@ def verify_backup(db: Database, manifest_path: Path, cfg: BackupConfig) -> Backu
     return BackupReport.from_manifest(manifest, manifest_path)
 
 
+def _prepare_scratch(scratch_url: str, manifest: dict) -> None:
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        for schema in manifest["schemas"]:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        if manifest.get("extension"):
+            ext_schema = sql.Identifier(manifest["extension"]["schema"])
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ext_schema))
+            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS vector SCHEMA {}").format(ext_schema))
+
+
+def _toc_without_triggers(pg_restore: Path, dump: Path, tmp: Path) -> Path:
+    """The dump's table of contents minus triggers: a table-scope dump has the tables but not the
+    functions their triggers call (change capture's lives in the project schema), and the check
+    is of the data. The live database keeps its functions, so the printed restore keeps triggers."""
+    toc = run([str(pg_restore), "--list", str(dump)], pg_env(None), "pg_restore --list", None)
+    path = tmp / "restore.list"
+    path.write_text("".join(line + "\n" for line in toc.splitlines() if " TRIGGER " not in line))
+    return path
+
+
 def _restore_and_compare(db: Database, cfg: BackupConfig, dump: Path, manifest: dict) -> dict:
     with _connect(db, autocommit=True) as admin:
         server_major, _ = server_version(admin)
@@ -252,16 +284,14 @@ def _restore_and_compare(db: Database, cfg: BackupConfig, dump: Path, manifest: 
                               "database: grant it CREATEDB or verify with a role that has it") from None
         try:
             scratch_url = url_with_database(db.url, scratch)
-            with psycopg.connect(scratch_url, autocommit=True) as conn:
-                for schema in manifest["schemas"]:
-                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-                if manifest.get("extension"):
-                    ext_schema = sql.Identifier(manifest["extension"]["schema"])
-                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ext_schema))
-                    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS vector SCHEMA {}").format(ext_schema))
             url, password = split_password(scratch_url)
-            run([str(pg_restore), "--no-owner", "--single-transaction", "--exit-on-error",
-                 "--dbname", url, str(dump)], pg_env(password), "pg_restore", password)
+            args = [str(pg_restore), "--no-owner", "--single-transaction", "--exit-on-error"]
+            with tempfile.TemporaryDirectory(prefix="ep-verify-") as tmp:
+                if manifest.get("scope") != "database":
+                    # pg_dump -t leaves out schemas, the extension and the functions triggers call.
+                    _prepare_scratch(scratch_url, manifest)
+                    args += ["--use-list", str(_toc_without_triggers(pg_restore, dump, Path(tmp)))]
+                run(args + ["--dbname", url, str(dump)], pg_env(password), "pg_restore", password)
             with psycopg.connect(scratch_url, autocommit=True) as conn:
                 for t in manifest["tables"]:
                     rows, checksum = table_checksum(conn, TableRef(t["schema"], t["table"], t["key"]))

@@ -1,7 +1,10 @@
 """What a source's backup holds, and the one call the asset and the CLI share.
 
-A source's backup is its table plus every embedding table built for it (bindings not yet
-deleted), so any state a cutover, rollback or deletion can reach is restorable from it.
+With ``backup.scope: database`` (the default) a backup is the whole database; the tables listed
+here are the ones checksummed before and after the verifying restore. With ``scope: tables`` they
+are also what is dumped: the source, every embedding table built for it (bindings not yet
+deleted) and every table their foreign keys reach, so any state a cutover, rollback or deletion
+can reach is restorable from it.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import os
 
 from embedding_pipeline.backup.catalog import apply_retention
-from embedding_pipeline.backup.postgres import TableRef
+from embedding_pipeline.backup.postgres import TableRef, referenced_closure
 from embedding_pipeline.backup.run import BackupReport, backup_root, take_backup
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database, table_exists
@@ -25,7 +28,7 @@ def tables_for_source(conn, config: PipelineConfig, source: str) -> list[TableRe
     for b in bindings(conn, config.project_schema, source):
         if not b.is_legacy and b.status != "deleted" and table_exists(conn, b.table_schema, b.table_name):
             tables.append(TableRef(b.table_schema, b.table_name, ["source_id"]))
-    return tables
+    return referenced_closure(conn, tables) if config.backup.scope == "tables" else tables
 
 
 def backup_source(db: Database, config: PipelineConfig, source: str, *, redis_url: str | None = None) -> tuple[BackupReport, list]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
 from embedding_pipeline.config import state_dir
 from embedding_pipeline.db import embedded as embedded_postgres
-from embedding_pipeline.db.connection import redact
+from embedding_pipeline.db.connection import redact, table_exists
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
+from embedding_pipeline.errors import EmbeddingPipelineError
 from embedding_pipeline.spaces.validator import validate
 
 
@@ -60,6 +61,11 @@ def cmd_reembed(ctx, args):
 def cmd_validate(ctx, args):
     config = ctx.config
     with ctx.db.connect() as conn:
+        if not table_exists(conn, config.project_schema, "spaces"):
+            # Before `setup` there is no registry to validate against: say so instead of a traceback.
+            raise EmbeddingPipelineError(
+                f"nothing to validate yet: schema {config.project_schema!r} has no space registry in this database. "
+                "Run `embedding-pipeline setup` (or materialize the embeddings assets) first")
         report = validate(conn, config, None if args.no_canaries else ctx.provider, sources=args.source)
     emit(args, report.to_json(), lambda: "\n".join(
         f"{'ok  ' if c.ok else 'FAIL'} {c.kind:9} {c.message}" for c in report.checks))

@@ -14,7 +14,7 @@ ours, so that ``config`` can build these objects and every other package can rec
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -65,6 +65,13 @@ class Space:
     cfg: Any  # SentenceTransformersSpace | OpenAISpace (config.py)
     schema: str  # the project schema that holds its tables
     retention_days: float
+    # Config fields set by Honcho's environment rather than the YAML: {"dimensions": "EMBEDDING_VECTOR_DIMENSIONS"}.
+    env: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def origin(self, key: str) -> str:
+        """How to name a config field in a message: the environment variable that set it, or its YAML key."""
+        var = self.env.get(key)
+        return f"{var}={getattr(self.cfg, key)}" if var else f"spaces.{self.name}.{key}"
 
     def __getattr__(self, item: str):
         if item.startswith("__") or item == "cfg":

@@ -64,9 +64,10 @@ def _dimension_check(conn, source: str, space: str, cfg, schema: str, table: str
                      cfg.dimensions)
     return Check(
         "dimension", False,
-        f"{where} is declared {declared}-d but space {space!r} is configured {cfg.dimensions}-d. Fix: point the "
-        f"config (or EMBEDDING_VECTOR_DIMENSIONS) back at the {declared}-d model, or register the new model as a "
-        "new space and migrate to it; a column's dimension is never changed in place",
+        f"{where} is declared {declared}-d but space {space!r} is configured {cfg.dimensions}-d "
+        f"({cfg.origin('dimensions')}). Fix: set {cfg.origin('dimensions').split('=')[0]} back to {declared} "
+        "(the model that filled the column), or register the new model as a new space and migrate to it; "
+        "a column's dimension is never changed in place",
         source, space, where, declared, cfg.dimensions)
 
 
