@@ -185,6 +185,19 @@ def test_rollback_restores_previous_space_and_can_be_reversed(env):
     assert [r["action"] for r in env.audit()] == ["cutover", "rollback", "rollback"]
 
 
+def test_rollback_refused_when_the_legacy_space_is_configured_as_another_model(env):
+    """After a cutover, Honcho's variables already name the new model: rolling back to the legacy
+    space would embed queries with that model against the old vectors, so it is refused."""
+    cutover(env.db, env.cfg, SOURCE, NEW, force=True, actor="t")
+    legacy = env.cfg.spaces[LEGACY]
+    changed = env.cfg.model_copy(update={"spaces": {**env.cfg.spaces, LEGACY: legacy.model_copy(
+        update={"model": "intfloat/multilingual-e5-small"})}})
+    before = snapshot(env)
+    with pytest.raises(RefusedError, match=r"configured as a different model.*model: "):
+        rollback(env.db, changed, SOURCE, actor="t")
+    assert snapshot(env) == before
+
+
 def test_a_cutover_in_progress_refuses_another_immediately(env):
     """While one switch holds the source's lock a second is refused at once, with no change."""
     before = snapshot(env)

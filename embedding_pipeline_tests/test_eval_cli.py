@@ -139,3 +139,35 @@ def test_shadow_eval_of_a_configured_source_exits_1_when_the_gate_fails(db, caps
         rows = conn.execute(sql.SQL("SELECT kind, gate_passed FROM {}.eval_reports ORDER BY id").format(
             sql.Identifier(cfg.project_schema))).fetchall()
     assert rows == [("unlabeled", None), ("labeled", False)]
+
+
+def test_eval_set_import_from_the_cli(db, dataset, capsys):
+    """`eval-set` stores a labeled set from BEIR-format files; the source's shadow eval then finds it."""
+    from embedding_pipeline.evaluation.beir import load_eval_set
+
+    parser = argparse.ArgumentParser(prog="embedding-pipeline")
+    parser.add_argument("--config")
+    eval_commands.register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv):
+        capsys.readouterr()
+        code = run_command(parser.parse_args(["--config", str(TEST_CONFIG), "eval-set", *argv]))
+        return code, capsys.readouterr()
+
+    code, out = run("--source", "documents", "--name", "docs-labeled", "--queries", str(dataset / "queries.jsonl"),
+                    "--qrels", str(dataset / "qrels" / "test.tsv"), "--json")
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    judged = {q: j for q, j in QRELS.items() if j}
+    assert summary == {"name": "docs-labeled", "source": "documents", "kind": "labeled", "queries": len(judged),
+                       "judgments": sum(len(j) for j in QRELS.values())}
+    with db.connect() as conn:
+        stored = load_eval_set(conn, "embedding_pipeline", "docs-labeled")
+    assert stored.kind == "labeled" and stored.source == "documents"
+    assert {q: stored.qrels[q] for q in judged} == judged
+    # A qrels file that names a query the queries file lacks is refused, naming both files.
+    bad = dataset / "bad.tsv"
+    bad.write_text("q-missing\td1\t1\n")
+    code, out = run("--source", "documents", "--name", "x", "--queries", str(dataset / "queries.jsonl"),
+                    "--qrels", str(bad))
+    assert code == 2 and "q-missing" in out.err and "queries.jsonl" in out.err

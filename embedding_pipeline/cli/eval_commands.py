@@ -41,6 +41,8 @@ from embedding_pipeline.evaluation.beir import (
     import_beir_to_table,
     load_beir,
     load_eval_set,
+    load_labeled_set,
+    store_eval_set,
 )
 from embedding_pipeline.evaluation.metrics import (
     HEADLINE,
@@ -193,3 +195,31 @@ def register(sub):
                    help="exact scan (default) or the HNSW index; hnsw also reports recall@10 against exact")
     add_json(p)
     p.set_defaults(handler=cmd_eval)
+    register_eval_set(sub)
+
+
+def cmd_eval_set(ctx, args):
+    """Store a labeled (queries + qrels) or unlabeled (queries only) eval set for a source."""
+    config = ctx.config
+    config.source(args.source)  # an unknown source stops here with the configured ones
+    data = load_labeled_set(args.name, args.queries, args.qrels)
+    with ctx.db.connect() as conn:
+        ensure_schema(conn, config.project_schema)
+        conn.commit()
+        stored = store_eval_set(conn, config.project_schema, args.name, data, source=args.source)
+        judged = sum(len(j) for j in stored.qrels.values())
+    summary = {"name": stored.name, "source": stored.source, "kind": stored.kind, "queries": len(stored.queries),
+               "judgments": judged}
+    emit(args, summary, f"eval set {stored.name!r} stored for source {stored.source}: {stored.kind}, "
+                        f"{len(stored.queries)} queries, {judged} judgments. The shadow eval of {stored.source} "
+                        "now uses it (newest labeled set), or name it with `eval --source ... --eval-set`.")
+
+
+def register_eval_set(sub):
+    p = sub.add_parser("eval-set", help="import a labeled eval set (BEIR queries.jsonl + qrels TSV) for a source")
+    p.add_argument("--source", required=True, help="configured source whose ids the qrels name")
+    p.add_argument("--name", required=True, help="eval set name (replaces a set of that name)")
+    p.add_argument("--queries", required=True, help='queries.jsonl: one {"_id": ..., "text": ...} per line')
+    p.add_argument("--qrels", help="qrels TSV (query-id, corpus-id, score; header optional); none: unlabeled")
+    add_json(p)
+    p.set_defaults(handler=cmd_eval_set)

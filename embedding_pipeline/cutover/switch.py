@@ -34,6 +34,7 @@ from embedding_pipeline.read_path.install import (
 )
 from embedding_pipeline.spaces.bindings import active_binding, binding, lock_key
 from embedding_pipeline.spaces.model import Binding
+from embedding_pipeline.spaces.registry import identity_diff, registered_identity
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 
@@ -241,6 +242,17 @@ def rollback(db: Database, config: PipelineConfig, source: str, actor: str | Non
         if not target.is_legacy and not table_present(conn, target):
             raise RefusedError(title, [f"table {target.table_schema}.{target.table_name} of previous space "
                                        f"{prev!r} is missing; restore it from the backup first"])
+        # Queries are embedded with the CONFIGURED model of the space rolled back to: if the config now
+        # describes another model under that name (e.g. Honcho's variables already point at the new
+        # model), the restored vectors and the query vectors would be of two models.
+        registered = registered_identity(conn, schema, prev)
+        configured = config.space(prev).identity() if prev in config.spaces else None
+        if registered is not None and configured != registered:
+            changes = "; ".join(identity_diff(registered, configured or {}))
+            raise RefusedError(title, [
+                f"space {prev!r} is configured as a different model than the one registered for its vectors "
+                f"({changes}); nothing was changed. Restore its config (for the legacy space: the "
+                "EMBEDDING_MODEL_CONFIG__* / EMBEDDING_VECTOR_DIMENSIONS variables) to the registered model first"])
         c = space_counts(conn, config, src, prev)
         warnings = []
         if c.missing or c.stale:

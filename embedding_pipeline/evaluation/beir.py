@@ -121,6 +121,21 @@ def load_beir(path: str | Path, split: str = "test") -> BeirDataset:
     return BeirDataset(name=root.name, split=split, corpus=corpus, queries=queries, qrels=qrels)
 
 
+def load_labeled_set(name: str, queries_path: str | Path, qrels_path: str | Path | None = None) -> EvalSet:
+    """Queries (BEIR ``queries.jsonl``: ``{"_id", "text"}`` per line) and optional qrels (BEIR TSV:
+    query-id, corpus-id, score) as an eval set; with qrels only the judged queries are kept, as BEIR does.
+
+    The qrels' corpus ids are the source table's ids (as text): that is what the evaluation ranks."""
+    queries = {str(rec["_id"]): rec["text"] for _, rec in _jsonl(Path(queries_path), ("_id", "text"))}
+    if qrels_path is None:
+        return EvalSet(name=name, source="", kind="unlabeled", queries=queries)
+    qrels = _load_qrels(Path(qrels_path))
+    missing = [q for q in qrels if q not in queries]
+    if missing:
+        raise ConfigError(f"{qrels_path}: {len(missing)} query id(s) not in {queries_path}, e.g. {missing[0]!r}")
+    return EvalSet(name=name, source="", kind="labeled", queries={q: queries[q] for q in qrels}, qrels=qrels)
+
+
 def import_beir_to_table(conn: psycopg.Connection, dataset: BeirDataset, schema: str, table: str) -> int:
     """Make ``schema.table (id text primary key, content text)`` hold exactly the corpus.
 
