@@ -69,6 +69,9 @@ class _SpaceBase(_Strict):
     index: IndexConfig = IndexConfig()
     retention_days: float | None = Field(None, ge=0)
     description: str = ""
+    # What the provider charges; None for local models. Not part of the identity: a price change
+    # is not a model change.
+    price_per_million_tokens: float | None = Field(None, ge=0)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a vector space: two spaces with equal identity are interchangeable."""

@@ -47,7 +47,8 @@ def _measured_builds(config):
 
 
 def cmd_plan(ctx, args):
-    plan = build_plan(ctx.db, ctx.config, args.space, args.source, measured=_measured_builds(ctx.config))
+    plan = build_plan(ctx.db, ctx.config, args.space, args.source, measured=_measured_builds(ctx.config),
+                      provider_for=ctx.provider)
     path = write_plan(ctx.db, plan)
     emit(args, plan.to_json(), plan.markdown)
     if not getattr(args, "json", False):

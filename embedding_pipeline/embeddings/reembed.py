@@ -52,6 +52,8 @@ class ReembedStats:
     seconds: float = 0.0
     index_built: bool = False
     index_seconds: float = 0.0
+    tokens: int = 0  # tokens actually sent (the server's usage, else the model's tokenizer)
+    tokens_method: str = ""
 
     @property
     def rows_per_s(self) -> float:
@@ -279,6 +281,8 @@ def _stream(db, query, params, batch, provider, source, table, stats, progress):
                 ids = [r[0] for r in rows]
                 result = provider.embed([r[1] for r in rows])
                 stats.altered.update(result.altered)
+                stats.tokens += result.tokens
+                stats.tokens_method = result.tokens_method
                 writer.put(ids, [r[2] for r in rows], result.vectors)
                 stats.embedded += len(rows)
                 progress.update(len(rows))

@@ -117,10 +117,14 @@ def _measure(provider, texts: list[str], calls: int, clock) -> dict:
         if k not in singles:
             singles[k] = provider.embed_documents([texts[k]])[0]
     t = clock()
-    batch = provider.embed_documents(texts)
+    result = provider.embed(texts)
     batch_ms = (clock() - t) * 1000
+    batch = result.vectors
     min_cos = min(cosine(singles[k], batch[k]) for k in range(len(texts)))
-    extra = {}
+    # Tokens of the batch: the cost estimate's throughput, and (with the server's usage) its
+    # characters-per-token calibration.
+    extra = {"tokens": result.tokens, "tokens_method": result.tokens_method, "chars": sum(len(t) for t in texts),
+             "usage_tokens": result.tokens if result.tokens_method == "usage" else None}
     if provider.config.transport == "sentence-transformers":
         extra["device"] = str(provider.model.device)  # cpu or cuda: latency means little without it
     return {"dims": int(batch.shape[1]), "dims_ok": int(batch.shape[1]) == provider.config.dimensions,

@@ -23,6 +23,7 @@ from embedding_pipeline.backup.targets import tables_for_source
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database, table_exists
 from embedding_pipeline.db.queue import STATE, capture_mode, queue_stats
+from embedding_pipeline.embeddings.cost import estimate
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.evaluation.smoke import latest_smoke
@@ -37,6 +38,7 @@ from embedding_pipeline.plan.model import (
     backup_tables,
     estimate_index_seconds,
 )
+from embedding_pipeline.plan.render import render
 from embedding_pipeline.read_path.install import (
     search_function_name,
     served_space,
@@ -232,16 +234,23 @@ def _eval_step(p: SourcePlan, space: str) -> Step:
 
 
 def build_plan(db: Database, config: PipelineConfig, space: str, source: str | None = None, *,
-               measured: list[IndexBuild] = (), now: datetime | None = None) -> Plan:
-    """Read the live state, derive the checklist and render the Markdown (not yet written)."""
-    from embedding_pipeline.plan.render import render
+               measured: list[IndexBuild] = (), now: datetime | None = None, provider_for=None) -> Plan:
+    """Read the live state, derive the checklist and render the Markdown (not yet written).
 
+    ``provider_for(space)`` lends a local model's tokenizer to the cost estimate; remote spaces
+    (and plans without it) count characters per token, so a plan never calls an endpoint."""
     names = plan_sources(config, space, source)
+    local = config.space(space).transport == "sentence-transformers"
+    provider = provider_for(space) if provider_for is not None and local else None
     with db.connect() as conn:
         conn.read_only = True
         registered = _registered(conn, config.project_schema, space)
         smoke = latest_smoke(conn, config.project_schema, space)
         states = [_source_state(conn, db, config, space, n, list(measured)) for n in names]
+        for p in states:
+            table = config.space(space).on(p.source)
+            if table_exists(conn, table.schema, table.name):
+                p.cost = estimate(conn, p.source, table, provider, smoke=smoke)
         conn.rollback()
     for p in states:
         p.steps = checklist(config, space, registered, smoke, p)

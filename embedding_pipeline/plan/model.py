@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.embeddings.cost import CostEstimate
 from embedding_pipeline.embeddings.coverage import SpaceCounts
 from embedding_pipeline.spaces.model import Binding, space_table_name
 from embedding_pipeline.spaces.source import SourceTable
@@ -66,6 +67,7 @@ class SourcePlan:
     table_ddl: str = ""
     index_ddl: str = ""
     drop_legacy: str | None = None
+    cost: CostEstimate | None = None  # None until the space's table exists (setup)
     steps: list[Step] = field(default_factory=list)
 
     @property

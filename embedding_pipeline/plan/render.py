@@ -84,6 +84,17 @@ def checklist(plan: Plan) -> str:
     return "\n\n".join(out)
 
 
+def cost(plan: Plan) -> str:
+    out = ["## Cost of the re-embed", "",
+           "Tokens are counted on a sample of the rows still to embed and scaled; the price is "
+           "`price_per_million_tokens` of the space's config; the time is from its smoke throughput."]
+    rows = [[p.name, f"{p.cost.rows:,}", f"{p.cost.tokens:,}", p.cost.method,
+             "-" if p.cost.price is None else f"{p.cost.price:,.2f}",
+             "-" if p.cost.seconds is None else _duration(p.cost.seconds)]
+            if p.cost else [p.name, "-", "-", "table not created yet (`setup`)", "-", "-"] for p in plan.sources]
+    return "\n".join(out + ["", _table(["source", "rows to embed", "tokens", "counted by", "price", "time"], rows)])
+
+
 def schema(plan: Plan) -> str:
     cfg = plan.config.space(plan.space)
     out = ["## Schema",
@@ -309,6 +320,6 @@ def evidence(plan: Plan) -> str:
 
 
 def render(plan: Plan) -> str:
-    parts = [header(plan), checklist(plan), schema(plan), indexes(plan), write_path(plan), read_path(plan),
+    parts = [header(plan), checklist(plan), cost(plan), schema(plan), indexes(plan), write_path(plan), read_path(plan),
              cutover(plan), rollback(plan), deletion(plan), backup(plan), evidence(plan)]
     return _mask("\n\n".join(parts)) + "\n"

@@ -17,12 +17,18 @@ import numpy as np
 
 from embedding_pipeline.errors import ProviderError
 
+# The stated estimate where no tokenizer can be loaded offline (OpenAI's models): about four
+# characters a token for English prose; smoke runs that see the server's `usage` calibrate it.
+CHARS_PER_TOKEN = 4.0
+
 
 @dataclass
 class EmbedResult:
     vectors: np.ndarray  # float32, shape (n, dims)
     # Reasons per input that was altered before embedding (e.g. 'truncated', 'invalid_unicode').
     altered: Counter = field(default_factory=Counter)
+    tokens: int = 0  # tokens the model was sent (the server's `usage`, else our own count)
+    tokens_method: str = ""  # 'usage', 'tokenizer' or 'chars/token estimate'
 
 
 def clean_text(text: str) -> tuple[str, str | None]:
@@ -88,6 +94,14 @@ class EmbeddingProvider(ABC):
     def _embed(self, texts: list[str], *, query: bool) -> np.ndarray:
         """Raw embedding of already-cleaned texts (validated by the caller)."""
 
+    def _embed_with_usage(self, texts: list[str], *, query: bool) -> tuple[np.ndarray, int | None]:
+        """Raw vectors and the tokens the server says it used (None: it did not say)."""
+        return self._embed(texts, query=query), None
+
+    def count_tokens(self, texts: Sequence[str]) -> tuple[int, str]:
+        """(tokens, method) the model would be sent for these texts: a stated estimate by default."""
+        return math.ceil(sum(len(t) for t in texts) / CHARS_PER_TOKEN), "chars/token estimate"
+
     def _prepare(self, texts: Sequence[str]) -> tuple[list[str], Counter]:
         altered: Counter = Counter()
         out = []
@@ -103,10 +117,12 @@ class EmbeddingProvider(ABC):
             return EmbedResult(np.zeros((0, self.dims), dtype=np.float32))
         cleaned, altered = self._prepare(texts)
         altered.update(self.count_truncated(cleaned))
-        vectors = validate_vectors(self._embed(cleaned, query=query), expected=len(texts), dims=self.dims, space=self.name)
+        raw, used = self._embed_with_usage(cleaned, query=query)
+        vectors = validate_vectors(raw, expected=len(texts), dims=self.dims, space=self.name)
         if self.config.normalize:
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        return EmbedResult(vectors.astype(np.float32, copy=False), altered)
+        tokens, method = (used, "usage") if used is not None else self.count_tokens(cleaned)
+        return EmbedResult(vectors.astype(np.float32, copy=False), altered, tokens, method)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts, query=False).vectors

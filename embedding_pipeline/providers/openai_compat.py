@@ -88,7 +88,9 @@ class OpenAIProvider(EmbeddingProvider):
             data = response.data
             if not isinstance(data, list):
                 raise _MalformedResponse("no data list")
-            return data
+            usage = getattr(response, "usage", None)
+            tokens = getattr(usage, "prompt_tokens", None) or getattr(usage, "total_tokens", None)
+            return data, (int(tokens) if isinstance(tokens, int | float) and tokens > 0 else None)
         except openai.APIStatusError as e:
             if _retryable(e):
                 raise
@@ -98,6 +100,9 @@ class OpenAIProvider(EmbeddingProvider):
             ) from None
 
     def _embed(self, texts, *, query):
+        return self._embed_with_usage(texts, query=query)[0]
+
+    def _embed_with_usage(self, texts, *, query):
         model = (self.config.query_model if query else self.config.document_model) or self.config.model
         prompt = self.config.query_prompt if query else self.config.document_prompt
         texts = [(prompt + t)[:MAX_INPUT_CHARS] for t in texts]
@@ -110,9 +115,11 @@ class OpenAIProvider(EmbeddingProvider):
 
             with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(chunks))) as pool:
                 parts = list(pool.map(lambda c: self._embed_chunk(c, model), chunks))
-        return [v for part in parts for v in part]
+        usage = [u for _, u in parts]
+        # Usage counts only when every request reported it; a partial sum would understate the cost.
+        return [v for vecs, _ in parts for v in vecs], (sum(usage) if None not in usage else None)
 
-    def _embed_chunk(self, texts: list[str], model: str) -> list:
+    def _embed_chunk(self, texts: list[str], model: str) -> tuple[list, int | None]:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_retryable),
             wait=_wait_retry_after,
@@ -124,7 +131,7 @@ class OpenAIProvider(EmbeddingProvider):
             ),
         )
         try:
-            data = retrying(self._request, texts, model)
+            data, usage = retrying(self._request, texts, model)
         except ProviderError:
             raise
         except Exception as e:
@@ -132,7 +139,7 @@ class OpenAIProvider(EmbeddingProvider):
                 f"space {self.name!r}: embedding request to {self.config.base_url or 'OpenAI'} failed after "
                 f"{self.config.max_retries + 1} attempts: {type(e).__name__}"
             ) from None
-        return _decode(data, len(texts), self.name)
+        return _decode(data, len(texts), self.name), usage
 
     def endpoint(self):
         return self.endpoint_class, self.endpoint_evidence

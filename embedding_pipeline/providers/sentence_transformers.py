@@ -66,6 +66,14 @@ class SentenceTransformersProvider(EmbeddingProvider):
         )
         return np.asarray(vecs, dtype=np.float32)
 
+    def count_tokens(self, texts) -> tuple[int, str]:
+        """The model's own tokenizer, capped at what it embeds (max_seq_length) per text."""
+        if not texts:
+            return 0, "tokenizer"
+        limit = self.model.max_seq_length
+        ids = self.model.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        return sum(min(len(i), limit) for i in ids), "tokenizer"
+
     def count_truncated(self, texts: list[str]) -> Counter:
         limit = self.model.max_seq_length
         # A WordPiece/BPE token covers at least one character, except rare byte-level splits; only

@@ -49,7 +49,8 @@ def _build_plan_asset(*, space: str) -> dg.AssetsDefinition:
     def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         config = pipeline.config()
         db = pipeline.database()
-        plan = plan_lib.build_plan(db, config, space, measured=measured_index_builds(context.instance, config))
+        plan = plan_lib.build_plan(db, config, space, measured=measured_index_builds(context.instance, config),
+                                   provider_for=pipeline.provider)
         path = plan_lib.write_plan(db, plan)
         states = [s.state for p in plan.sources for s in p.steps]
         context.log.info(f"plan for {space} written to {path}")

@@ -15,8 +15,10 @@ from embedding_pipeline.defs.resources import (
     asset_name,
     source_partitions,
 )
+from embedding_pipeline.embeddings.cost import estimate
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
+from embedding_pipeline.evaluation.smoke import latest_smoke
 
 
 def _build_reembed_asset(*, space: str, config: PipelineConfig,
@@ -46,8 +48,13 @@ def _build_reembed_asset(*, space: str, config: PipelineConfig,
             # A fresh database has no registry yet, and prepare_source reads it.
             ensure_schema(conn, config.project_schema)
             needed = {config.source(source).legacy_space, space} - {None}
-            prepare_source(conn, config, source, pipeline.provider, spaces=sorted(needed))
+            src = prepare_source(conn, config, source, pipeline.provider, spaces=sorted(needed))
+            smoke = latest_smoke(conn, config.project_schema, space)
+            cost = estimate(conn, src, config.space(space).on(src), provider, smoke=smoke)
+            conn.rollback()
+        context.log.info(f"estimate: {cost.line()}")
         stats = reembed(db, config, source, space, provider, logger=context.log)
+        price = cost.price_per_million
         return dg.MaterializeResult(metadata={
             "rows_embedded": stats.embedded,
             "rows_deleted": stats.deleted,
@@ -60,6 +67,12 @@ def _build_reembed_asset(*, space: str, config: PipelineConfig,
             "seconds": dg.FloatMetadataValue(round(stats.seconds, 2)),
             "index_built": stats.index_built,
             "index_build_seconds": dg.FloatMetadataValue(round(stats.index_seconds, 2)),
+            # The estimate made before the run beside what the run actually sent.
+            "tokens_estimated": cost.tokens,
+            "tokens_actual": stats.tokens,
+            "tokens_counted_by": f"estimate: {cost.method}; actual: {stats.tokens_method or 'nothing embedded'}",
+            **({"price_estimated": dg.FloatMetadataValue(cost.price or 0.0),
+                "price_actual": dg.FloatMetadataValue(round(stats.tokens / 1e6 * price, 4))} if price is not None else {}),
         })
 
     return _asset
