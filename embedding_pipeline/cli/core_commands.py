@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
 from embedding_pipeline.config import state_dir
 from embedding_pipeline.db import embedded as embedded_postgres
@@ -51,11 +53,21 @@ def cmd_reembed(ctx, args):
             legacy = config.source(source).legacy_space
             prepare_source(conn, config, source, ctx.provider, spaces=sorted({*spaces, *([legacy] if legacy else [])}))
         for space in spaces:
-            stats = reembed(ctx.db, config, source, space, ctx.provider(space), batch_size=args.batch_size)
+            stats = reembed(ctx.db, config, source, space, ctx.provider(space), batch_size=args.batch_size,
+                            progress_bar=_bar(f"{source} -> {space}"))
             results.append(stats.to_json())
     emit(args, results, lambda: "\n".join(
         f"{r['source']} -> {r['space']}: embedded {r['embedded']}, deleted {r['deleted']}, skipped {r['skipped']}, "
         f"coverage {100 * r['coverage']:.2f}%, {r['rows_per_s']} rows/s" for r in results))
+
+
+def _bar(label: str):
+    """A progress bar on a terminal; plain progress lines (the logger's) everywhere else."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return lambda total: tqdm(total=total, desc=label, unit="rows", dynamic_ncols=True, leave=True)
 
 
 def cmd_validate(ctx, args):

@@ -180,28 +180,60 @@ class _Writer:
 
 
 class Progress:
-    """Logs done/total, rate and ETA at most every `interval` seconds."""
+    """Rows done, rate and ETA, logged every ``interval`` seconds while the work runs.
 
-    def __init__(self, label: str, total: int, logger=log, interval: float = 10.0):
-        self.label, self.total, self.logger, self.interval = label, total, logger, interval
+    ``update`` is called per model batch (from the provider, possibly from its request threads);
+    a heartbeat thread does the logging, so a line comes every interval even while one slow batch
+    is in flight. ``bar`` (a tqdm-like object) is advanced too, for a terminal.
+    """
+
+    def __init__(self, label: str, total: int, logger=log, interval: float = 10.0, bar=None):
+        self.label, self.total, self.logger, self.interval, self.bar = label, total, logger, interval, bar
         self.start = self.last = time.monotonic()
         self.done = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"progress {label}", daemon=True)
 
-    def update(self, n: int, force: bool = False):
-        self.done += n
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+        if self.bar is not None and n:
+            self.bar.update(n)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval)):
+            if time.monotonic() - self.last >= self.interval:
+                self.log()
+
+    def line(self) -> str:
+        with self._lock:
+            done = self.done
         now = time.monotonic()
-        if force or now - self.last >= self.interval:
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            left = max(self.total - self.done, 0)
-            eta = f"{left / rate:,.0f}s" if rate > 0 else "?"
-            pct = 100.0 * self.done / self.total if self.total else 100.0
-            self.logger.info(f"{self.label}: {self.done:,}/{self.total:,} rows ({pct:.1f}%), {rate:,.0f} rows/s, ETA {eta}")
+        rate = done / max(now - self.start, 1e-9)
+        left = max(self.total - done, 0)
+        eta = f"{left / rate:,.0f}s" if rate > 0 else "? (first batch in flight)"
+        pct = 100.0 * done / self.total if self.total else 100.0
+        return f"{self.label}: {done:,}/{self.total:,} rows ({pct:.1f}%), {rate:,.1f} rows/s, ETA {eta}"
+
+    def log(self) -> None:
+        self.last = time.monotonic()
+        self.logger.info(self.line())
 
 
 def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: str, provider, *,
             ids: list | None = None, batch_size: int | None = None, build_hnsw: bool = True,
-            logger=log, progress_interval: float = 10.0) -> ReembedStats:
+            logger=log, progress_interval: float = 10.0, progress_bar=None) -> ReembedStats:
     """Bring one (source, space) table up to date; see the module docstring."""
     space = config.space(space_name)
     schema = config.project_schema
@@ -244,10 +276,11 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
             conn.commit()
             logger.info(f"{source.qualified} -> {space_name}: {stats.todo:,} rows to embed, "
                         f"{stats.deleted:,} stale vectors deleted, skipped {dict(stats.skipped) or 'none'}")
-            progress = Progress(f"{source_name} -> {space_name}", stats.todo, logger, progress_interval)
-            if stats.todo:
-                _stream(db, query, params, batch, provider, source, table, stats, progress)
-            progress.update(0, force=True)
+            with Progress(f"{source_name} -> {space_name}", stats.todo, logger, progress_interval,
+                          bar=progress_bar(stats.todo) if progress_bar else None) as progress:
+                if stats.todo:
+                    _stream(db, query, params, batch, provider, source, table, stats, progress)
+            progress.log()
             if build_hnsw:
                 t = time.monotonic()
                 stats.index_built = build_index(conn, table)
@@ -279,12 +312,11 @@ def _stream(db, query, params, batch, provider, source, table, stats, progress):
             cur.execute(query, params)
             while rows := cur.fetchmany(batch):
                 ids = [r[0] for r in rows]
-                result = provider.embed([r[1] for r in rows])
+                result = provider.embed([r[1] for r in rows], on_progress=progress.update)
                 stats.altered.update(result.altered)
                 stats.tokens += result.tokens
                 stats.tokens_method = result.tokens_method
                 writer.put(ids, [r[2] for r in rows], result.vectors)
                 stats.embedded += len(rows)
-                progress.update(len(rows))
     finally:
         writer.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,9 +94,15 @@ class EmbeddingProvider(ABC):
     def _embed(self, texts: list[str], *, query: bool) -> np.ndarray:
         """Raw embedding of already-cleaned texts (validated by the caller)."""
 
-    def _embed_with_usage(self, texts: list[str], *, query: bool) -> tuple[np.ndarray, int | None]:
-        """Raw vectors and the tokens the server says it used (None: it did not say)."""
-        return self._embed(texts, query=query), None
+    def _embed_with_usage(self, texts: list[str], *, query: bool,
+                          on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int | None]:
+        """Raw vectors and the tokens the server says it used (None: it did not say).
+
+        ``on_progress(n)`` is called as inputs are done; transports that can report within a call do."""
+        vectors = self._embed(texts, query=query)
+        if on_progress is not None:
+            on_progress(len(texts))
+        return vectors, None
 
     def count_tokens(self, texts: Sequence[str]) -> tuple[int, str]:
         """(tokens, method) the model would be sent for these texts: a stated estimate by default."""
@@ -112,12 +118,13 @@ class EmbeddingProvider(ABC):
             out.append(t)
         return out, altered
 
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> EmbedResult:
+    def embed(self, texts: Sequence[str], *, query: bool = False,
+              on_progress: Callable[[int], None] | None = None) -> EmbedResult:
         if not texts:
             return EmbedResult(np.zeros((0, self.dims), dtype=np.float32))
         cleaned, altered = self._prepare(texts)
         altered.update(self.count_truncated(cleaned))
-        raw, used = self._embed_with_usage(cleaned, query=query)
+        raw, used = self._embed_with_usage(cleaned, query=query, on_progress=on_progress)
         vectors = validate_vectors(raw, expected=len(texts), dims=self.dims, space=self.name)
         if self.config.normalize:
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

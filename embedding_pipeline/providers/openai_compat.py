@@ -102,19 +102,25 @@ class OpenAIProvider(EmbeddingProvider):
     def _embed(self, texts, *, query):
         return self._embed_with_usage(texts, query=query)[0]
 
-    def _embed_with_usage(self, texts, *, query):
+    def _embed_with_usage(self, texts, *, query, on_progress=None):
         model = (self.config.query_model if query else self.config.document_model) or self.config.model
         prompt = self.config.query_prompt if query else self.config.document_prompt
         texts = [(prompt + t)[:MAX_INPUT_CHARS] for t in texts]
         chunks = [texts[a:b] for a, b in batch_indices(len(texts), self.config.batch_size)]
+        def one(chunk):
+            part = self._embed_chunk(chunk, model)
+            if on_progress is not None:
+                on_progress(len(chunk))
+            return part
+
         if len(chunks) == 1 or self.config.concurrency == 1:
-            parts = [self._embed_chunk(c, model) for c in chunks]
+            parts = [one(c) for c in chunks]
         else:
             # Requests in flight at once hide network and server latency; results keep input order.
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(chunks))) as pool:
-                parts = list(pool.map(lambda c: self._embed_chunk(c, model), chunks))
+                parts = list(pool.map(one, chunks))
         usage = [u for _, u in parts]
         # Usage counts only when every request reported it; a partial sum would understate the cost.
         return [v for vecs, _ in parts for v in vecs], (sum(usage) if None not in usage else None)

@@ -66,6 +66,20 @@ class SentenceTransformersProvider(EmbeddingProvider):
         )
         return np.asarray(vecs, dtype=np.float32)
 
+    def _embed_with_usage(self, texts, *, query, on_progress=None):
+        if on_progress is None or len(texts) <= self.config.batch_size:
+            return super()._embed_with_usage(texts, query=query, on_progress=on_progress)
+        # Progress per model batch: sort by length as encode() itself does, so the batches (and
+        # their padding) are those of one encode() over all the texts, then encode them in turn.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dims), dtype=np.float32)
+        step = self.config.batch_size
+        for a in range(0, len(order), step):
+            idx = order[a:a + step]
+            out[idx] = self._embed([texts[i] for i in idx], query=query)
+            on_progress(len(idx))
+        return out, None
+
     def count_tokens(self, texts) -> tuple[int, str]:
         """The model's own tokenizer, capped at what it embeds (max_seq_length) per text."""
         if not texts:
