@@ -132,6 +132,12 @@ CREATE INDEX ix_message_embeddings_embedding_hnsw ON message_embeddings USING hn
 CREATE INDEX ix_message_embeddings_sync_state_last_sync_at ON message_embeddings (sync_state, last_sync_at);
 """
 
+# Each vector table with every table its foreign keys reach (a restorable backup needs them all).
+FK_CLOSURE = {
+    "documents": ["workspaces", "peers", "sessions", "collections", "documents"],
+    "message_embeddings": ["workspaces", "peers", "sessions", "messages", "message_embeddings"],
+}
+
 WORKSPACE, SESSION, ALICE, BOB = "ws", "s1", "alice", "bob"
 
 TEXTS = [
