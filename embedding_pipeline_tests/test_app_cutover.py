@@ -243,3 +243,36 @@ def test_rollback_restores_the_legacy_column_with_rows_written_meanwhile(app_env
         bs = {b["space"]: b for b in bindings(conn, env.schema, "documents")}
     assert bs[LEGACY]["status"] == "active" and bs[LEGACY]["vector_column"] == "embedding"
     assert app_env_vars(env.db, env.cfg, APP)["EMBEDDING_VECTOR_DIMENSIONS"] == "384"
+
+
+def test_capture_keeps_the_rollback_column_current_after_the_flip(app_env):
+    from embedding_pipeline.embeddings.capture import consume, enable_capture
+
+    env = app_env
+    with env.db.connect() as conn:
+        for s in SOURCES:
+            enable_capture(conn, env.cfg, s, mode="trigger")
+            conn.commit()
+    stage(env.db, env.cfg, APP, NEW)
+    cutover_app(env.db, env.cfg, APP, NEW, force=True)
+    text = "Bob bought a red bicycle in Porto."
+    with env.db.connect() as conn:
+        did = honcho_schema.add_document(conn, rng(), text, env.provider_for(NEW).embed_documents([text])[0])
+        honcho_schema.add_message(conn, rng(), text, 1000)  # Honcho writes the row first, the vector later
+        conn.commit()
+    res = {s: consume(env.db, env.cfg, s, env.provider_for) for s in SOURCES}
+    assert {s: r["app_column"]["rows"] for s, r in res.items()} == {"documents": 1, "message_embeddings": 1}
+    assert res["documents"]["app_column"]["column"] == "embedding__minilm"
+    got = env.q("SELECT embedding__minilm IS NOT NULL FROM documents WHERE id = %s", (did,))
+    assert got == [(True,)]
+    # Nothing is left for the rollback to embed: capture kept the retired space current.
+    r = rollback_app(env.db, env.cfg, APP, provider_for=env.provider_for)
+    assert r["refilled_rows"] == {"documents": 0, "message_embeddings": 0}
+    assert env.q("SELECT count(*) FROM documents WHERE deleted_at IS NULL AND embedding IS NULL")[0][0] == 0
+
+
+def test_view_cutover_of_a_column_app_source_is_refused(app_env):
+    from embedding_pipeline.cutover.switch import cutover
+
+    with pytest.raises(RefusedError, match=r"belongs to app 'honcho'.*cutover --app honcho"):
+        cutover(app_env.db, app_env.cfg, "documents", NEW, force=True)
