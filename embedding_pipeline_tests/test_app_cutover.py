@@ -276,3 +276,87 @@ def test_view_cutover_of_a_column_app_source_is_refused(app_env):
 
     with pytest.raises(RefusedError, match=r"belongs to app 'honcho'.*cutover --app honcho"):
         cutover(app_env.db, app_env.cfg, "documents", NEW, force=True)
+
+
+def test_rows_reembedded_after_the_fill_are_copied_inside_the_flip_up_to_a_bound(app_env):
+    from embedding_pipeline.cutover.app import _flip
+    from embedding_pipeline.embeddings.reembed import reembed
+
+    env = app_env
+    stage(env.db, env.cfg, APP, NEW)
+    # The app writes a document after the fill; capture brings the per-model table up to date.
+    text = "Alice signed up for a pottery class."
+    with env.db.connect() as conn:
+        did = honcho_schema.add_document(conn, rng(), text, env.provider_for(LEGACY).embed_documents([text])[0])
+        conn.commit()
+    reembed(env.db, env.cfg, "documents", NEW, env.provider_for(NEW), ids=[did])
+    tight = env.cfg.model_copy(update={"apps": {APP: env.cfg.app(APP).model_copy(update={"max_flip_remainder": 0})}})
+    before = _state(env)
+    with pytest.raises(RefusedError, match=r"more than 0 rows were re-embedded since its last fill"):
+        _flip(env.db, tight, APP, NEW, action="app_cutover", force=False, drained=False, actor="t", details={})
+    assert _state(env) == before
+    r = _flip(env.db, env.cfg, APP, NEW, action="app_cutover", force=False, drained=False, actor="t", details={})
+    assert {s["source"]: s["rows_refreshed_in_flip"] for s in r["sources"]} == {"documents": 1, "message_embeddings": 0}
+    assert env.q('SELECT d.embedding = e.embedding FROM documents d JOIN embedding_pipeline."documents__minilm-256" e '
+                 "ON e.source_id = d.id WHERE d.id = %s", (did,)) == [(True,)]
+
+
+def test_an_app_writing_and_reading_through_fill_and_flip(app_env):
+    """A writer thread acting like Honcho: inserts documents, bumps sync state, runs its vector query."""
+    import threading
+    import time
+
+    from pgvector.psycopg import register_vector
+
+    from embedding_pipeline.embeddings.reembed import reembed
+
+    env = app_env
+    texts = {384: env.provider_for(LEGACY).embed_documents(["Alice waters the plants."])[0],
+             256: env.provider_for(NEW).embed_documents(["Alice waters the plants."])[0]}
+    stop, seen, inserted, latencies = threading.Event(), [], [], []
+
+    def app():
+        r, dims = rng(), 384
+        with psycopg.connect(env.url, autocommit=True, application_name="honcho-deriver") as c:
+            register_vector(c)
+            ids = [x[0] for x in c.execute("SELECT id FROM documents").fetchall()]
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    inserted.append(honcho_schema.add_document(c, r, f"Alice waters the plants ({len(inserted)}).",
+                                                               texts[dims]))
+                    c.execute("UPDATE documents SET sync_state = 'synced', last_sync_at = now(), "
+                              "sync_attempts = sync_attempts + 1 WHERE id = %s", (r.choice(ids),))
+                    c.execute(honcho_schema.honcho_document_query(3), {
+                        "ws": honcho_schema.WORKSPACE, "observer": honcho_schema.ALICE,
+                        "observed": honcho_schema.BOB, "q": texts[dims]}).fetchall()
+                except psycopg.errors.DataException as e:
+                    seen.append(str(e).splitlines()[0])
+                    dims = 256  # the app restarts with `app-env`'s settings
+                latencies.append(time.monotonic() - t)
+                time.sleep(0.01)
+
+    before = _counts(env)
+    th = threading.Thread(target=app)
+    th.start()
+    try:
+        time.sleep(0.3)
+        stage(env.db, env.cfg, APP, NEW)
+        time.sleep(0.3)
+        # Rows the app inserted during the fill have no new vector yet: the coverage gate refuses.
+        with pytest.raises(RefusedError, match=r"space 'minilm-256' is incomplete for public.documents"):
+            cutover_app(env.db, env.cfg, APP, NEW)
+        r = cutover_app(env.db, env.cfg, APP, NEW, force=True)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        th.join()
+    assert r["lock_held_ms"] < 1000
+    assert any("eligible rows have no 'minilm-256' vector" in w for w in r["warnings"]), r["warnings"]
+    assert seen and all("expected 256 dimensions" in s or "different vector dimensions" in s for s in seen), seen
+    assert max(latencies) < 2.0, max(latencies)  # the app waited for the flip, briefly, and never failed otherwise
+    assert _counts(env)["documents"] == before["documents"] + len(inserted)
+    # Capture's work, then the column sync: every live row ends with a new-model vector.
+    reembed(env.db, env.cfg, "documents", NEW, env.provider_for(NEW))
+    stage(env.db, env.cfg, APP, NEW)
+    assert env.q("SELECT count(*) FROM documents WHERE deleted_at IS NULL AND embedding IS NULL")[0][0] == 0
