@@ -360,3 +360,59 @@ def test_an_app_writing_and_reading_through_fill_and_flip(app_env):
     reembed(env.db, env.cfg, "documents", NEW, env.provider_for(NEW))
     stage(env.db, env.cfg, APP, NEW)
     assert env.q("SELECT count(*) FROM documents WHERE deleted_at IS NULL AND embedding IS NULL")[0][0] == 0
+
+
+def test_cli_app_stage_cutover_env_status_and_rollback(app_env, capsys):
+    import json
+
+    from embedding_pipeline.cli import main
+
+    env = app_env
+    cfg = ["--config", str(env.config_path)]
+    assert main([*cfg, "app-env", "--app", APP]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "EMBEDDING_VECTOR_DIMENSIONS=384", "EMBEDDING_MODEL_CONFIG__MODEL=sentence-transformers/all-MiniLM-L6-v2",
+        "EMBEDDING_MODEL_CONFIG__TRANSPORT=sentence_transformers"]
+    assert main([*cfg, "app-stage", "--app", APP, "--space", NEW, "--json"]) == 0
+    assert [r["column"] for r in json.loads(capsys.readouterr().out)] == ["embedding__minilm-256"] * 2
+    assert main([*cfg, "cutover", "--app", APP, "--space", NEW]) == 1  # gates: no backup, no evaluation
+    assert "refused" in capsys.readouterr().err
+    assert main([*cfg, "cutover", "--app", APP, "--space", NEW, "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "app honcho: columns now hold minilm-256 (was minilm)" in out and "FORCED" in out
+    assert main([*cfg, "app-env", "--app", APP, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["EMBEDDING_VECTOR_DIMENSIONS"] == "256"
+    assert main([*cfg, "status", "--json"]) == 0
+    report = {s["source"]: s for s in json.loads(capsys.readouterr().out)}
+    assert report["documents"]["active_space"] == NEW
+    assert report["documents"]["app"]["holds"] == NEW and report["documents"]["app"]["validator"] == "ok"
+    assert report["documents"]["app"]["aside"] == {LEGACY: "embedding__minilm"}
+    assert main([*cfg, "status"]) == 0
+    assert "app honcho (column cutover): columns hold minilm-256" in capsys.readouterr().out
+    assert main([*cfg, "cutover", "--source", "documents", "--space", SAME_DIM, "--force"]) == 1
+    assert "cutover --app honcho" in capsys.readouterr().err
+    assert main([*cfg, "rollback", "--app", APP]) == 0
+    assert "columns now hold minilm (was minilm-256)" in capsys.readouterr().out
+
+
+def test_dagster_app_jobs(app_env):
+    import dagster as dg
+
+    from embedding_pipeline.defs.cutover import app_jobs
+    from embedding_pipeline.defs.resources import PipelineResource
+
+    env = app_env
+    defs = dg.Definitions.merge(app_jobs.build(env.cfg), dg.Definitions(
+        resources={"pipeline": PipelineResource(config_path=str(env.config_path))}))
+
+    def run(job, **cfg):
+        return defs.get_job_def(job).execute_in_process(
+            run_config={"ops": {f"{job}_op": {"config": cfg}}}, raise_on_error=False)
+
+    assert run("app_stage", app=APP, space=NEW).success
+    assert run("app_cutover", app=APP, space=NEW, force=True).success
+    assert _columns(env, "documents")["embedding"] == "vector(256)"
+    again = run("app_cutover", app=APP, space=NEW, force=True)
+    assert not again.success  # refused: the columns already hold minilm-256
+    assert run("app_rollback", app=APP).success
+    assert _columns(env, "documents")["embedding"] == "vector(384)"
