@@ -20,7 +20,11 @@ from psycopg import sql
 from embedding_pipeline.backup.postgres import TableRef
 from embedding_pipeline.backup.run import take_backup
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db.connection import Database, ensure_extension, url_with_database
+from embedding_pipeline.db.connection import (
+    Database,
+    ensure_extension,
+    url_with_database,
+)
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
