@@ -427,6 +427,9 @@ def stage(db: Database, config: PipelineConfig, app: str, space: str, provider_f
             r.column_added = _add_column(db, a, column, _vector_type(config, space), app_cfg)
         if b["storage"] == "table":
             _fill_from_table(db, config, a, space, column, app_cfg, r)
+        elif space == a.live_space:
+            # The app's own legacy column, live: the app writes it; we never do.
+            r.mode = "live (written by the app)"
         else:
             if provider_for is None:
                 raise ConfigError(f"space {space!r} of source {a.name!r} has no per-model table; filling its column "
@@ -532,6 +535,10 @@ def _flip_once(db: Database, config: PipelineConfig, app: str, app_cfg, target: 
                                    f"run `embedding-pipeline app-stage --app {app} --space {target}` to build it")
                     continue
                 tb = binding(conn, schema, a.name, target)
+                if tb is None or tb["status"] == "deleted":
+                    reasons.append(f"{a.name}: space {target!r} has {'been deleted' if tb else 'no binding'}; "
+                                   f"run `embedding-pipeline reembed --source {a.name} --space {target}`")
+                    continue
                 st = _state(conn, schema, a.name, target)
                 refreshed = 0
                 if tb["storage"] == "table":
