@@ -416,3 +416,30 @@ def test_dagster_app_jobs(app_env):
     assert not again.success  # refused: the columns already hold minilm-256
     assert run("app_rollback", app=APP).success
     assert _columns(env, "documents")["embedding"] == "vector(384)"
+
+
+def test_drift_and_status_read_the_moved_columns(app_env):
+    from embedding_pipeline.cutover.status import status
+    from embedding_pipeline.drift.stats import collect, evaluate
+
+    env = app_env
+
+    def failures():
+        with env.db.connect() as conn:
+            drifts = [d for s in SOURCES for d in collect(conn, env.cfg, s)]
+        bad = [f.message for o in evaluate(env.cfg, drifts) for f in o.findings if f.severity == "error"]
+        return bad, {(d.source, d.space): (d.counts.table, d.counts.declared_dims) for d in drifts}
+
+    stage(env.db, env.cfg, APP, NEW)
+    cutover_app(env.db, env.cfg, APP, NEW, force=True)
+    bad, tables = failures()
+    assert bad == []
+    # The retired legacy space is read from the column it was moved to, at its own dimension.
+    assert tables[("documents", LEGACY)] == ("public.documents.embedding__minilm", 384)
+    rows = {s["source"]: s for s in status(env.db, env.cfg)}
+    legacy = next(sp for sp in rows["documents"]["spaces"] if sp["name"] == LEGACY)
+    assert rows["documents"]["active_space"] == NEW and rows["documents"]["rollback_available"]
+    assert legacy["table"] == "public.documents.embedding__minilm" and legacy["coverage"] == 1.0
+    rollback_app(env.db, env.cfg, APP, provider_for=env.provider_for)
+    bad, tables = failures()
+    assert bad == [] and tables[("documents", LEGACY)] == ("public.documents.embedding", 384)
