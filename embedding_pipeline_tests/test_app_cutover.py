@@ -61,6 +61,9 @@ def test_apps_config_references_are_checked(tmp_path):
         _cfg(tmp_path, lambda r: r["apps"][APP].update(cutover="in-place"))
     with pytest.raises(ConfigError, match=r"unknown app 'x'"):
         cfg.app("x")
+    view = _cfg(tmp_path, lambda r: r["apps"][APP].update(cutover="view"))
+    with pytest.raises(ConfigError, match=r"apps\.honcho\.cutover is 'view'.*cutover --source"):
+        cutover_app(None, view, APP, NEW)
 
 
 def _columns(env, table):

@@ -639,10 +639,11 @@ def _flip(db: Database, config: PipelineConfig, app: str, target: str, *, action
 def _lock_holders(db, config, app) -> str:
     try:
         with db.connect() as conn:
+            tables = [sql.Identifier(config.source(s).schema_, config.source(s).table).as_string(conn)
+                      for s in config.app(app).sources]
             rows = conn.execute(
                 "SELECT DISTINCT a.pid, now() - a.xact_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.granted AND l.relation = ANY(%s::regclass[]) AND a.pid <> pg_backend_pid()",
-                ([config.source(s).schema_ + "." + config.source(s).table for s in config.app(app).sources],)
+                "WHERE l.granted AND l.relation = ANY(%s::regclass[]) AND a.pid <> pg_backend_pid()", (tables,)
             ).fetchall()
         return " (pids " + ", ".join(f"{p} for {str(d).split('.')[0]}" for p, d in rows) + ")" if rows else ""
     except psycopg.Error:
