@@ -446,3 +446,51 @@ def test_drift_and_status_read_the_moved_columns(app_env):
     rollback_app(env.db, env.cfg, APP, provider_for=env.provider_for)
     bad, tables = failures()
     assert bad == [] and tables[("documents", LEGACY)] == ("public.documents.embedding", 384)
+
+
+def test_hostile_table_and_column_names(db, tmp_path, providers):  # noqa: F811
+    """Quotes, spaces and capitals in the app's table and column names, a 63-byte-long staged name."""
+    from embedding_pipeline.db.schema import ensure_schema
+    from embedding_pipeline.embeddings.reembed import reembed
+    from embedding_pipeline.embeddings.setup import prepare_source
+    from embedding_pipeline.providers import build_provider
+
+    table, col = 'Honcho "Docs"; x', 'Emb "v" ' + "w" * 40
+    raw = app_config_dict()
+    raw["sources"] = {"docs": {"schema": "public", "table": table, "id_column": "id", "text_column": "content",
+                               "legacy_vector_column": col, "legacy_space": LEGACY, "active_space": LEGACY,
+                               "spaces": [NEW]}}
+    raw["apps"] = {APP: {"sources": ["docs"], "cutover": "column"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+
+    def provider_for(name):
+        if name not in providers:
+            providers[name] = build_provider(name, cfg.space(name))
+        return providers[name]
+    texts = honcho_schema.TEXTS
+    ident = psycopg.sql.Identifier("public", table)
+    with db.connect() as conn:
+        ensure_schema(conn, cfg.project_schema)
+        conn.execute(psycopg.sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, content text, {} vector(384))").format(
+            ident, psycopg.sql.Identifier(col)))
+        conn.execute(psycopg.sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} vector_cosine_ops) WITH (m = 8, "
+                                     "ef_construction = 32)").format(psycopg.sql.Identifier("live idx"), ident,
+                                                                     psycopg.sql.Identifier(col)))
+        with conn.cursor() as cur:
+            cur.executemany(psycopg.sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(ident), [
+                (i, t, v) for i, (t, v) in enumerate(zip(texts, provider_for(LEGACY).embed_documents(texts)))])
+        conn.commit()
+        prepare_source(conn, cfg, "docs", provider_for, spaces=[LEGACY, NEW])
+    reembed(db, cfg, "docs", NEW, provider_for(NEW))
+    [r] = stage(db, cfg, APP, NEW)
+    assert len(r.column.encode()) <= 63 and r.index_action == "built"
+    out = cutover_app(db, cfg, APP, NEW, force=True)
+    assert out["validator"] == "ok"
+    with db.connect() as conn:
+        live = hnsw_index_on(conn, "public", table, col)
+        assert (live["name"], live["m"], live["ef_construction"]) == ("live idx", 8, 32)
+        assert conn.execute(psycopg.sql.SQL("SELECT count({}) FROM {}").format(
+            psycopg.sql.Identifier(col), ident)).fetchone()[0] == len(texts)
+    assert rollback_app(db, cfg, APP, provider_for=provider_for)["space"] == LEGACY
