@@ -234,6 +234,30 @@ class DriftConfig(_Strict):
     webhook_url_env: str = "EMBEDDING_PIPELINE_ALERT_WEBHOOK"
 
 
+APP_NAME = SPACE_NAME
+
+
+class AppConfig(_Strict):
+    """An application reading some sources' own vector columns (Honcho reads documents.embedding).
+
+    ``cutover: view`` flips only the project's view (the app keeps reading its legacy column);
+    ``cutover: column`` stages a column beside the app's one and renames it into place, so the
+    app's own queries read the new space (embedding_pipeline/cutover/app.py).
+    """
+
+    sources: list[str] = Field(min_length=1)
+    cutover: Literal["view", "column"] = "view"
+    # Who the app connects as: its sessions are looked up in pg_stat_activity before a
+    # same-dimension flip, which the database cannot tell apart from a stale write.
+    app_roles: list[str] = Field(default_factory=list)
+    application_names: list[str] = Field(default_factory=list)
+    fill_batch_size: int = Field(500, ge=1, le=100_000)
+    lock_timeout_ms: int = Field(2000, ge=10, le=60_000)
+    flip_retries: int = Field(3, ge=0, le=20)
+    # Rows refreshed inside the flip's lock; past it the flip refuses (stage again first).
+    max_flip_remainder: int = Field(1000, ge=0)
+
+
 class PipelineConfig(_Strict):
     project_schema: str = Field("embedding_pipeline", min_length=1, max_length=63)
     retention_days: float = Field(14.0, ge=0)
@@ -243,6 +267,7 @@ class PipelineConfig(_Strict):
     backup: BackupConfig = BackupConfig()
     eval: EvalConfig = EvalConfig()
     drift: DriftConfig = DriftConfig()
+    apps: dict[str, AppConfig] = Field(default_factory=dict)
     # {"spaces.<name>.<field>": VARIABLE} for values Honcho's environment set (see load_config).
     _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -264,7 +289,34 @@ class PipelineConfig(_Strict):
                     )
             if src.legacy_space and not src.legacy_vector_column:
                 raise ValueError(f"sources.{name}.legacy_space needs legacy_vector_column")
+        owner: dict[str, str] = {}
+        for name, app in self.apps.items():
+            if not APP_NAME.match(name):
+                raise ValueError(f"apps.{name}: an app name is 1-40 of a-z, 0-9, '_' and '-'")
+            if len(set(app.sources)) != len(app.sources):
+                raise ValueError(f"apps.{name}.sources: a source is listed twice")
+            for src in app.sources:
+                if src not in self.sources:
+                    raise ValueError(f"apps.{name}.sources: unknown source {src!r}; configured sources: "
+                                     f"{sorted(self.sources)}")
+                if src in owner:
+                    raise ValueError(f"apps.{name}.sources: source {src!r} already belongs to app {owner[src]!r}; "
+                                     "a column is read by one app")
+                owner[src] = name
+                scfg = self.sources[src]
+                if app.cutover == "column" and not (scfg.legacy_vector_column and scfg.legacy_space):
+                    raise ValueError(f"apps.{name}.cutover: 'column' needs sources.{src}.legacy_vector_column and "
+                                     "legacy_space (the app's column and the model it holds today)")
         return self
+
+    def app(self, name: str) -> AppConfig:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise ConfigError(f"unknown app {name!r}; configured apps: {sorted(self.apps)} (the `apps:` key)") from None
+
+    def app_of(self, source: str) -> str | None:
+        return next((n for n, a in self.apps.items() if source in a.sources), None)
 
     def space(self, name: str) -> Space:
         """The named space resolved once: its config, model_version, table naming and DDL."""

@@ -5,6 +5,7 @@ import dagster as dg
 from embedding_pipeline.config import load_config
 from embedding_pipeline.defs import drift as drift_defs
 from embedding_pipeline.defs.backup import assets as backup_assets
+from embedding_pipeline.defs.cutover import app_jobs as app_cutover_jobs
 from embedding_pipeline.defs.cutover import jobs as cutover_jobs
 from embedding_pipeline.defs.cutover import plan_assets
 from embedding_pipeline.defs.embeddings import assets as embedding_assets
@@ -25,6 +26,7 @@ def build_definitions() -> dg.Definitions:
         evaluation_assets.build(config),
         smoke_assets.build_smoke(config),
         cutover_jobs.build(config),
+        app_cutover_jobs.build(config),
         plan_assets.build_plan(config),
         drift_defs.build(config),
         dg.Definitions(resources={"pipeline": PipelineResource()}),

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "embedding_pipeline.cli.dev_commands",
     "embedding_pipeline.cli.backup_commands",
     "embedding_pipeline.cli.cutover_commands",
+    "embedding_pipeline.cli.app_commands",
     "embedding_pipeline.cli.capture_commands",
     "embedding_pipeline.cli.smoke_commands",
     "embedding_pipeline.cli.drift_commands",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from embedding_pipeline.cli import app_commands
 from embedding_pipeline.cli.common import add_json, emit
 from embedding_pipeline.cutover.deletion import delete_retired
 from embedding_pipeline.cutover.status import format_status, status
 from embedding_pipeline.cutover.switch import cutover, rollback
+from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.read_path.search import search
 
 
@@ -23,18 +25,27 @@ def _switched(r: dict) -> str:
 
 
 def cmd_cutover(ctx, args):
+    if args.app:  # the app's own columns (apps.<app>.cutover: column)
+        return app_commands.cmd_app_cutover(ctx, args)
+    if not args.source:
+        raise ConfigError("cutover needs --source S (the project's view) or --app A (an app's columns)")
     result = cutover(ctx.db, ctx.config, args.source, args.space, force=args.force, provider_for=ctx.provider)
     emit(args, result, lambda: _switched(result))
 
 
 def cmd_rollback(ctx, args):
+    if args.app:
+        return app_commands.cmd_app_rollback(ctx, args)
+    if not args.source:
+        raise ConfigError("rollback needs --source S or --app A")
     result = rollback(ctx.db, ctx.config, args.source)
     emit(args, result, lambda: _switched(result))
 
 
 def cmd_status(ctx, args):
     report = status(ctx.db, ctx.config)
-    emit(args, report, lambda: format_status(report))
+    app_commands.annotate_status(ctx, report)  # per source: the app column and the space it holds
+    emit(args, report, lambda: format_status(report) + app_commands.status_text(report))
 
 
 def cmd_delete_retired(ctx, args):
@@ -61,15 +72,22 @@ def cmd_search(ctx, args):
 
 def register(sub):
     p = sub.add_parser("cutover", help="make a space the active one for a source (gated; one transaction)")
-    p.add_argument("--source", required=True)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--source")
+    who.add_argument("--app", help="flip the app's own columns (apps.<app>.cutover: column) for all its sources")
     p.add_argument("--space", required=True)
     p.add_argument("--force", action="store_true",
                    help="skip the gates (backup, coverage, eval, validator); recorded with who in the audit table")
+    p.add_argument("--drained", action="store_true",
+                   help="with --app: the app is stopped (needed for a same-dimension flip while its sessions show)")
     add_json(p)
     p.set_defaults(handler=cmd_cutover)
 
     p = sub.add_parser("rollback", help="switch a source back to its previous space (until that space is deleted)")
-    p.add_argument("--source", required=True)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--source")
+    who.add_argument("--app", help="flip the app's own columns back (one transaction for all its sources)")
+    p.add_argument("--drained", action="store_true", help="with --app: the app is stopped")
     add_json(p)
     p.set_defaults(handler=cmd_rollback)
 

@@ -191,6 +191,15 @@ def _switch(db: Database, config: PipelineConfig, source: str, space: str | None
             raise
 
 
+def _refuse_column_app(config: PipelineConfig, source: str, title: str) -> None:
+    """A source whose app reads its own column moves with the app's other sources (cutover/app.py)."""
+    app = config.app_of(source)
+    if app is not None and config.app(app).cutover == "column":
+        raise RefusedError(title + " (--force cannot override this)", [
+            f"source {source!r} belongs to app {app!r} (apps.{app}.cutover: column), whose own columns must move "
+            f"together: use `embedding-pipeline cutover --app {app} --space X` / `rollback --app {app}`"])
+
+
 def cutover(db: Database, config: PipelineConfig, source: str, space: str, *, force: bool = False,
             actor: str | None = None, provider_for=None) -> dict:
     """Make ``space`` the active space of ``source``; see the module docstring for the refusals.
@@ -203,6 +212,7 @@ def cutover(db: Database, config: PipelineConfig, source: str, space: str, *, fo
     def decide(conn, src, current):
         target = binding(conn, config.project_schema, source, space)
         title = f"cutover of source {source!r} to space {space!r} refused"
+        _refuse_column_app(config, source, title)
         structural = structural_reasons(conn, config, source, space, target, current)
         if structural:
             raise RefusedError(title + " (--force cannot override this)", structural)
@@ -225,6 +235,7 @@ def rollback(db: Database, config: PipelineConfig, source: str, actor: str | Non
 
     def decide(conn, src, current):
         title = f"rollback of source {source!r} refused"
+        _refuse_column_app(config, source, title)
         if current is None:
             raise RefusedError(title, [f"source {source!r} has no active space; run `embedding-pipeline setup`"])
         prev = current.previous_space

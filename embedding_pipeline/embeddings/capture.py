@@ -316,6 +316,10 @@ def consume(db, config: PipelineConfig, source: str, provider_for, *, limit: int
                         with db.connect() as sweep, sweep.transaction():
                             deleted += delete_orphans(sweep, src, config.space(space).on(src))
                     result["spaces"][space] = {"embedded": stats.embedded, "deleted": deleted}
+                # An app whose columns were flipped: its rollback target's column follows the same rows.
+                from embedding_pipeline.cutover.app import keep_retired_current
+
+                result["app_column"] = keep_retired_current(db, config, source, ids, provider_for, logger=logger)
                 entry_ids = [e[0] for e in entries]
                 conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, QUEUE)),
                              (entry_ids,))

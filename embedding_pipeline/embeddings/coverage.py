@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.cutover.app_columns import bound_legacy_column
 from embedding_pipeline.db.connection import declared_dimension
 from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable
 
@@ -91,14 +92,16 @@ def legacy_counts(conn, config: PipelineConfig, source: SourceTable) -> SpaceCou
     c = source.cfg
     cfg = config.space(c.legacy_space)
     version = cfg.model_version
+    # After an app column cutover the legacy space sits beside the app's column (cutover/app.py).
+    col = bound_legacy_column(conn, config.project_schema, source)
     counts = SpaceCounts(source.name, c.legacy_space, "legacy_column",
-                         f"{c.schema_}.{c.table}.{c.legacy_vector_column}", expected_version=version,
+                         f"{c.schema_}.{c.table}.{col}", expected_version=version,
                          configured_dims=cfg.dimensions)
-    counts.declared_dims = declared_dimension(conn, c.schema_, c.table, c.legacy_vector_column)
+    counts.declared_dims = declared_dimension(conn, c.schema_, c.table, col)
     filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
     eligible, nonnull = conn.execute(sql.SQL(
         "SELECT count(*), count({v}) FROM {tbl} WHERE ({filt}) AND {t} " + HAS_TEXT
-    ).format(v=sql.Identifier(c.legacy_vector_column), tbl=source.ident, filt=filt,
+    ).format(v=sql.Identifier(col), tbl=source.ident, filt=filt,
              t=sql.Identifier(c.text_column))).fetchone()
     counts.eligible, counts.stored, counts.covered = eligible, nonnull, nonnull
     counts.null_vectors = eligible - nonnull

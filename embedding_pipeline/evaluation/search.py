@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.cutover.app_columns import bound_legacy_column
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.bindings import has_index
@@ -71,7 +72,7 @@ def search_target(conn: psycopg.Connection, config: PipelineConfig, source: str 
     src = source if isinstance(source, SourceTable) else inspect_source(conn, source, config.source(source))
     cfg = config.space(space)
     if src.cfg.legacy_space == space:
-        col = src.cfg.legacy_vector_column
+        col = bound_legacy_column(conn, config.project_schema, src)
         declared = column_types(conn, src.cfg.schema_, src.cfg.table).get(col, "")
         return SearchTarget(src, space, "legacy_column", src.cfg.schema_, src.cfg.table, col,
                             "halfvec" if declared.startswith("halfvec") else "vector", cfg.index.ops,

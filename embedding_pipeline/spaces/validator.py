@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.cutover.app_columns import bound_legacy_column
 from embedding_pipeline.db.connection import declared_dimension
 from embedding_pipeline.errors import EmbeddingPipelineError, ValidationFailed
 from embedding_pipeline.spaces.canaries import CANARY_MIN_COSINE, CANARY_TEXTS
@@ -76,7 +77,8 @@ def dimension_checks(conn, config: PipelineConfig, sources: list[SourceTable]) -
     for src in sources:
         if src.cfg.legacy_space:
             checks.append(_dimension_check(conn, src.name, src.cfg.legacy_space, config.space(src.cfg.legacy_space),
-                                           src.cfg.schema_, src.cfg.table, src.cfg.legacy_vector_column))
+                                           src.cfg.schema_, src.cfg.table,
+                                           bound_legacy_column(conn, config.project_schema, src)))
         for space in config.spaces_for(src.name):
             table = config.space(space).on(src)
             checks.append(_dimension_check(conn, src.name, space, table.space, table.schema, table.name, "embedding"))

@@ -1,0 +1,87 @@
+"""Names and state of an application's vector columns (``cutover: column``), with no heavy imports.
+
+An app column cutover keeps every space it has shown the app as a column of the app's own
+table: the column the app reads (``embedding``) holds the live space, every other space sits
+beside it as ``embedding__<space>``. A column keeps its name only while it holds its space, so
+the name always says what is inside. The project's ``<schema>.app_columns`` table records, per
+(source, space), which column holds it and how far its fill has got (so a fill resumes).
+
+The legacy space's binding (storage ``legacy_column``) follows its column: after a flip its
+``vector_column`` is ``embedding__<legacy space>``. Coverage, the validator and evaluation read
+the column through ``bound_legacy_column`` rather than from the config, which keeps naming the
+column the app reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+from psycopg import sql
+
+MAX_IDENT = 63
+
+STATE_DDL = """CREATE TABLE IF NOT EXISTS {s}.app_columns (
+    app text NOT NULL,
+    source text NOT NULL,
+    space text NOT NULL,
+    column_name text NOT NULL,
+    role text NOT NULL CHECK (role IN ('live', 'staged', 'aside')),
+    -- A fill pass walks the per-model table in source_id order; the cursor is its last key.
+    fill_cursor text,
+    fill_started_at timestamptz,
+    -- Every per-model row embedded before this instant (less an overlap) is in the column.
+    filled_watermark timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, space)
+)"""
+
+# Per-model rows written this long before a fill pass started are re-read by the next one: a
+# re-embed batch stamps embedded_at at its transaction's start but becomes visible at commit.
+WATERMARK_OVERLAP_S = 300
+
+
+def _short(name: str) -> str:
+    if len(name.encode()) <= MAX_IDENT:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    head = name.encode()[: MAX_IDENT - 9].decode(errors="ignore")
+    return f"{head}_{digest}"
+
+
+def space_column(live_column: str, space: str) -> str:
+    """``embedding__<space>``: where a space sits beside the app's column (shortened to 63 bytes)."""
+    return _short(f"{live_column}__{space}")
+
+
+def column_index_name(table: str, column: str) -> str:
+    """Honcho's pattern, ``ix_<table>_<column>_hnsw``, so the live column's index keeps Honcho's name."""
+    return _short(f"ix_{table}_{column}_hnsw")
+
+
+def ensure_state(conn, schema: str) -> None:
+    conn.execute(sql.SQL(STATE_DDL).format(s=sql.Identifier(schema)))
+
+
+def state_rows(conn, schema: str, source: str | None = None) -> list[dict]:
+    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (sql.Identifier(schema, "app_columns").as_string(conn),)).fetchone()[0]:
+        return []
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute(sql.SQL("SELECT * FROM {}.app_columns WHERE (%(s)s::text IS NULL OR source = %(s)s) "
+                               "ORDER BY source, space").format(sql.Identifier(schema)), {"s": source}).fetchall()
+
+
+def bound_legacy_column(conn, schema: str, src) -> str | None:
+    """The column that holds the legacy space now: its binding's, else the configured one."""
+    c = src.cfg
+    if not c.legacy_space:
+        return c.legacy_vector_column
+    try:
+        with conn.transaction():
+            row = conn.execute(sql.SQL(
+                "SELECT vector_column FROM {}.bindings WHERE source = %s AND space = %s AND storage = 'legacy_column'"
+            ).format(sql.Identifier(schema)), (src.name, c.legacy_space)).fetchone()
+    except psycopg.errors.UndefinedTable:  # no project schema yet: nothing has moved
+        return c.legacy_vector_column
+    return row[0] if row else c.legacy_vector_column
