@@ -242,7 +242,7 @@ class AppConfig(_Strict):
 
     ``cutover: view`` flips only the project's view (the app keeps reading its legacy column);
     ``cutover: column`` stages a column beside the app's one and renames it into place, so the
-    app's own queries read the new space (embedding_pipeline/cutover/app.py).
+    app's own queries read the new space (embedding_pipeline/cutover/app_flip.py).
     """
 
     sources: list[str] = Field(min_length=1)

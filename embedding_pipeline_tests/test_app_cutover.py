@@ -8,18 +8,13 @@ import pytest
 import yaml
 
 from embedding_pipeline.config import load_config
-from embedding_pipeline.cutover.app import (
-    app_env as app_env_vars,
-)
-from embedding_pipeline.cutover.app import (
-    cutover_app,
-    hnsw_index_on,
-    rollback_app,
-    stage,
-)
+from embedding_pipeline.cutover.app_env import app_env as app_env_vars
+from embedding_pipeline.cutover.app_flip import cutover_app, rollback_app
+from embedding_pipeline.cutover.app_stage import stage
 from embedding_pipeline.errors import ConfigError, RefusedError
 from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.bindings import bindings
+from embedding_pipeline.spaces.columns import hnsw_index_on
 from embedding_pipeline.spaces.validator import validate
 from embedding_pipeline_tests import honcho_schema
 from embedding_pipeline_tests.app_cutover_env import (
@@ -282,7 +277,7 @@ def test_view_cutover_of_a_column_app_source_is_refused(app_env):
 
 
 def test_rows_reembedded_after_the_fill_are_copied_inside_the_flip_up_to_a_bound(app_env):
-    from embedding_pipeline.cutover.app import _flip
+    from embedding_pipeline.cutover.app_flip import _flip
     from embedding_pipeline.embeddings.reembed import reembed
 
     env = app_env

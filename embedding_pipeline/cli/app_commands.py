@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from embedding_pipeline.cli.common import add_json, emit
-from embedding_pipeline.cutover.app import (
-    app_env,
-    app_status,
-    cutover_app,
-    format_app_status,
-    rollback_app,
-    stage,
-)
+from embedding_pipeline.cutover.app_env import app_env, app_status, format_app_status
+from embedding_pipeline.cutover.app_flip import cutover_app, rollback_app
+from embedding_pipeline.cutover.app_stage import stage
 
 
 def _flipped(r: dict) -> str:

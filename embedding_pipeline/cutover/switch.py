@@ -192,7 +192,7 @@ def _switch(db: Database, config: PipelineConfig, source: str, space: str | None
 
 
 def _refuse_column_app(config: PipelineConfig, source: str, title: str) -> None:
-    """A source whose app reads its own column moves with the app's other sources (cutover/app.py)."""
+    """A source whose app reads its own column moves with the app's other sources (cutover/app_flip.py)."""
     app = config.app_of(source)
     if app is not None and config.app(app).cutover == "column":
         raise RefusedError(title + " (--force cannot override this)", [

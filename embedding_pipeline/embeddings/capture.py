@@ -317,7 +317,7 @@ def consume(db, config: PipelineConfig, source: str, provider_for, *, limit: int
                             deleted += delete_orphans(sweep, src, config.space(space).on(src))
                     result["spaces"][space] = {"embedded": stats.embedded, "deleted": deleted}
                 # An app whose columns were flipped: its rollback target's column follows the same rows.
-                from embedding_pipeline.cutover.app import keep_retired_current
+                from embedding_pipeline.embeddings.app_sync import keep_retired_current
 
                 result["app_column"] = keep_retired_current(db, config, source, ids, provider_for, logger=logger)
                 entry_ids = [e[0] for e in entries]

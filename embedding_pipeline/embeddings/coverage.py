@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.cutover.app_columns import bound_legacy_column
 from embedding_pipeline.db.connection import declared_dimension
+from embedding_pipeline.spaces.columns import bound_legacy_column
 from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable
 
 
@@ -92,7 +92,7 @@ def legacy_counts(conn, config: PipelineConfig, source: SourceTable) -> SpaceCou
     c = source.cfg
     cfg = config.space(c.legacy_space)
     version = cfg.model_version
-    # After an app column cutover the legacy space sits beside the app's column (cutover/app.py).
+    # After an app column cutover the legacy space sits beside the app's column (cutover/app_flip.py).
     col = bound_legacy_column(conn, config.project_schema, source)
     counts = SpaceCounts(source.name, c.legacy_space, "legacy_column",
                          f"{c.schema_}.{c.table}.{col}", expected_version=version,

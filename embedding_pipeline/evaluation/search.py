@@ -24,10 +24,10 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.cutover.app_columns import bound_legacy_column
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.bindings import has_index
+from embedding_pipeline.spaces.columns import bound_legacy_column
 from embedding_pipeline.spaces.model import DISTANCE
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
 

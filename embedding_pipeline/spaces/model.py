@@ -107,13 +107,16 @@ class Space:
         return hash_expr(self.fingerprint, content)
 
     def hnsw_ddl(self, table: sql.Identifier, index: str, column: str = "embedding", *,
-                 concurrently: bool = False) -> sql.Composed:
-        """The one HNSW DDL: this space's operator class and build parameters on ``table.column``."""
+                 concurrently: bool = False, opclass: str | None = None, m: int | None = None,
+                 ef_construction: int | None = None) -> sql.Composed:
+        """The one HNSW DDL: this space's operator class and build parameters on ``table.column``.
+
+        An application's own column copies its live index instead: ``opclass``/``m``/``ef_construction``."""
         return sql.SQL("CREATE INDEX {conc}IF NOT EXISTS {idx} ON {tbl} USING hnsw ({col} {ops}) "
                        "WITH (m = {m}, ef_construction = {ef})").format(
             conc=sql.SQL("CONCURRENTLY " if concurrently else ""), idx=sql.Identifier(index), tbl=table,
-            col=sql.Identifier(column), ops=sql.SQL(self.opclass), m=sql.Literal(self.cfg.index.m),
-            ef=sql.Literal(self.cfg.index.ef_construction))
+            col=sql.Identifier(column), ops=sql.SQL(opclass or self.opclass),
+            m=sql.Literal(m or self.cfg.index.m), ef=sql.Literal(ef_construction or self.cfg.index.ef_construction))
 
     def vector_param(self, vector, storage_type: str | None = None):
         """A query vector typed for the column it is compared with."""

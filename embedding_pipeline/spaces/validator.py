@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.cutover.app_columns import bound_legacy_column
 from embedding_pipeline.db.connection import declared_dimension
 from embedding_pipeline.errors import EmbeddingPipelineError, ValidationFailed
 from embedding_pipeline.spaces.canaries import CANARY_MIN_COSINE, CANARY_TEXTS
+from embedding_pipeline.spaces.columns import bound_legacy_column
 from embedding_pipeline.spaces.registry import (
     identity_diff,
     registered_identity,

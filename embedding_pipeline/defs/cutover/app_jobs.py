@@ -1,14 +1,15 @@
 """App column jobs (``apps.<app>.cutover: column``): stage, cut over and roll back an app's own columns.
 
 Built only when some app reads its own columns; each op calls the core library once
-(cutover/app.py), and a refusal fails the run with every reason, changing nothing.
+(cutover/app_flip.py), and a refusal fails the run with every reason, changing nothing.
 """
 
 import dagster as dg
 from pydantic import Field
 
 from embedding_pipeline.config import PipelineConfig
-from embedding_pipeline.cutover.app import cutover_app, rollback_app, stage
+from embedding_pipeline.cutover.app_flip import cutover_app, rollback_app
+from embedding_pipeline.cutover.app_stage import stage
 from embedding_pipeline.defs.cutover.jobs import _actor, _run
 from embedding_pipeline.defs.resources import PipelineResource
 

@@ -1,4 +1,4 @@
-"""Names and state of an application's vector columns (``cutover: column``), with no heavy imports.
+"""Names and state of an application's vector columns (``cutover: column``), with no heavy imports; also the catalog reads and short-lock helpers that stage and flip share.
 
 An app column cutover keeps every space it has shown the app as a column of the app's own
 table: the column the app reads (``embedding``) holds the live space, every other space sits
@@ -15,9 +15,13 @@ column the app reads.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 
 import psycopg
 from psycopg import sql
+
+from embedding_pipeline.db.connection import column_types
 
 MAX_IDENT = 63
 
@@ -35,6 +39,8 @@ STATE_DDL = """CREATE TABLE IF NOT EXISTS {s}.app_columns (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (source, space)
 )"""
+
+log = logging.getLogger(__name__)
 
 # Per-model rows written this long before a fill pass started are re-read by the next one: a
 # re-embed batch stamps embedded_at at its transaction's start but becomes visible at commit.
@@ -85,3 +91,47 @@ def bound_legacy_column(conn, schema: str, src) -> str | None:
     except psycopg.errors.UndefinedTable:  # no project schema yet: nothing has moved
         return c.legacy_vector_column
     return row[0] if row else c.legacy_vector_column
+
+
+# pgvector's HNSW defaults, used when the app's live column has no HNSW index to copy.
+HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}
+
+
+def column_type(conn, schema: str, table: str, column: str) -> str | None:
+    return column_types(conn, schema, table).get(column)
+
+
+def hnsw_index_on(conn, schema: str, table: str, column: str) -> dict | None:
+    """The HNSW index on one column: name, validity, opclass, m, ef_construction."""
+    row = conn.execute(
+        "SELECT ic.relname, i.indisvalid, opc.opcname, coalesce(ic.reloptions, '{}') "
+        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam "
+        "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
+        "JOIN pg_opclass opc ON opc.oid = i.indclass[0] "
+        "WHERE am.amname = 'hnsw' AND n.nspname = %s AND t.relname = %s AND a.attname = %s "
+        "ORDER BY i.indisvalid DESC, ic.relname LIMIT 1", (schema, table, column)).fetchone()
+    if row is None:
+        return None
+    opts = dict(HNSW_DEFAULTS)
+    for o in row[3]:
+        k, _, v = o.partition("=")
+        if k in opts:
+            opts[k] = int(v)
+    return {"name": row[0], "valid": row[1], "opclass": row[2], **opts}
+
+
+def set_lock_timeout(conn, ms: int) -> None:
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(ms)}ms")))
+
+
+def retrying(what: str, tries: int, fn):
+    """Run ``fn`` again after a lock timeout, up to ``tries`` more times, backing off."""
+    for attempt in range(tries + 1):
+        try:
+            return fn()
+        except psycopg.errors.LockNotAvailable:
+            if attempt == tries:
+                raise
+            log.info(f"{what}: lock not available, retry {attempt + 1} of {tries}")
+            time.sleep(min(0.2 * 2 ** attempt, 2.0))
