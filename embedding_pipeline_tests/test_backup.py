@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 from psycopg import sql
 
 from embedding_pipeline.backup.catalog import (
@@ -24,8 +26,13 @@ from embedding_pipeline.backup.catalog import (
     write_manifest,
 )
 from embedding_pipeline.backup.postgres import TableRef, table_checksum
-from embedding_pipeline.backup.redis import binaries
-from embedding_pipeline.backup.redis_client import RedisClient
+from embedding_pipeline.backup.redis import (
+    _cli_args,
+    _parse,
+    binaries,
+    has_password,
+    redact,
+)
 from embedding_pipeline.backup.run import backup_root, take_backup, verify_backup
 from embedding_pipeline.config import BackupConfig
 from embedding_pipeline.db.connection import Database
@@ -77,10 +84,10 @@ def redis_url(tmp_path: Path):
     deadline = time.monotonic() + 15
     while True:
         try:
-            with RedisClient("127.0.0.1", port, password=REDIS_PASSWORD) as c:
-                c.call("PING")
+            with redis.Redis("127.0.0.1", port, password=REDIS_PASSWORD, retry=None) as c:
+                c.ping()
             break
-        except OSError:
+        except redis.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise
@@ -251,28 +258,37 @@ def test_password_stays_out_of_commands_and_manifest(db, tables, cfg):
 
 def test_redis_round_trip(db, tables, cfg, redis_url):
     """The Redis snapshot restores into a throwaway server with the same keys and values as the live one."""
-    with RedisClient.from_url(redis_url) as live:
-        live.call("SET", "plain", "value")
-        live.call("SET", b"bin\x00key", bytes(range(256)))
-        live.call("HSET", "hash", "a", "1", "b", "2")
-        live.call("RPUSH", "queue", "j1", "j2", "j3")
-        live.call("SADD", "set", "x", "y")
-        live.call("ZADD", "zset", "1.5", "m1", "2", "m2")
-        live.call("SET", "ttl-key", "v", "EX", "3600")
-        live.call("SELECT", 1)
-        live.call("SET", "other-db", "v")
-        live.call("SELECT", 0)
-        dbsize = live.call("DBSIZE")
+    with redis.Redis.from_url(redis_url) as live:
+        live.set("plain", "value")
+        live.set(b"bin\x00key", bytes(range(256)))
+        live.hset("hash", mapping={"a": "1", "b": "2"})
+        live.rpush("queue", "j1", "j2", "j3")
+        live.sadd("set", "x", "y")
+        live.zadd("zset", {"m1": 1.5, "m2": 2})
+        live.set("ttl-key", "v", ex=3600)
+        dbsize = live.dbsize()
+    with redis.Redis.from_url(redis_url.removesuffix("/0") + "/1") as other:
+        other.set("other-db", "v")
     report = take_backup(db, source=SOURCE, tables=tables, cfg=cfg, redis_url=redis_url)
     out = report.to_json()
     assert out["verified"] is True
-    redis = out["redis"]
-    assert redis["keyspace"] == {"db0": {"keys": dbsize, "expires": 1}, "db1": {"keys": 1, "expires": 0}}
-    assert len(redis["sample"]) == dbsize - 1  # every key without a TTL
-    assert {e["type"] for e in redis["sample"]} == {"string", "hash", "list", "set", "zset"}
+    snap = out["redis"]
+    assert snap["keyspace"] == {"db0": {"keys": dbsize, "expires": 1}, "db1": {"keys": 1, "expires": 0}}
+    assert len(snap["sample"]) == dbsize - 1  # every key without a TTL
+    assert {e["type"] for e in snap["sample"]} == {"string", "hash", "list", "set", "zset"}
+    # Digests are over the raw RESP2 replies, so these values, which the hand-written RESP client this
+    # replaced recorded, stay what redis-py produces: backups taken before still re-verify.
+    assert {base64.b64decode(e["key_b64"]): e["digest"] for e in snap["sample"]} == {
+        b"plain": "5eaceea958ee226b788a6dbdaa52cd81624dbb6aac1fc80d7a11ab5c77c9df90",
+        b"bin\x00key": "7cf575eb783b5c56427f6d333faca8e8afdb6cd32694a9df2b0e9e39730648c4",
+        b"hash": "0385fe7e0ff6477eb5dee12b784784852f909b53839a26287af3b3f227a98bac",
+        b"queue": "36b1ee372690f820c64cb1e7f62e7991235165f35626c8938aa27819021c6647",
+        b"set": "6ef8d9da400f624424fad90d34a9a65166d00c5656bade156c264a8007981152",
+        b"zset": "863104a37ba1244a47876c7ba799c86afeac2b405990f7c43d5b8f9d1741c4a4",
+    }
     assert json.loads(report.manifest.read_text())["restore_check"]["redis"] == {"keys": dbsize + 1,
                                                                                 "sampled": dbsize - 1}
-    assert (report.path / "dump.rdb").stat().st_size == redis["bytes"]
+    assert (report.path / "dump.rdb").stat().st_size == snap["bytes"]
     assert any("--rdb" in c and str(report.path / "dump.rdb") in c for c in out["backup_commands"])
     assert any(c.startswith("cp ") and "dump.rdb" in c for c in out["restore_commands"])
     assert REDIS_PASSWORD not in json.dumps(out)
@@ -288,12 +304,33 @@ def test_redis_round_trip(db, tables, cfg, redis_url):
 
     # A snapshot redis-server cannot load (truncated, sha256 forged to match) fails too, and leaves no server behind.
     rdb = report.path / "dump.rdb"
-    rdb.write_bytes(rdb.read_bytes()[: redis["bytes"] // 2])
+    rdb.write_bytes(rdb.read_bytes()[: snap["bytes"] // 2])
     forged["redis"]["sha256"] = hashlib.sha256(rdb.read_bytes()).hexdigest()
     write_manifest(report.manifest, forged)
     with pytest.raises(BackupError, match="could not load the snapshot"):
         verify_backup(db, report.manifest, cfg)
     assert not list(report.path.glob(".redis-verify-*"))
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:6379/0", r"unsupported scheme 'http': use redis:// or rediss://"),
+    ("redis://127.0.0.1:6379/abc", r"the database must be a number, got 'abc'"),
+    ("redis://127.0.0.1:notaport/0", r"invalid Redis URL"),
+])
+def test_redis_bad_url_is_a_backup_error(url, message):
+    """A malformed Redis URL is refused as a BackupError that says what to write instead."""
+    with pytest.raises(BackupError, match=message):
+        redact(url)
+
+
+def test_redis_url_redaction_and_redis_cli_arguments():
+    """What is printed and stored names the server without credentials; ACL user and TLS reach redis-cli."""
+    url = "rediss://backup%40ops:s3cret%2Fpw@redis.internal:6380/2"
+    assert redact(url) == "rediss://redis.internal:6380/2" and has_password(url)
+    assert not has_password("redis://127.0.0.1/0") and redact("redis://[::1]/0") == "redis://[::1]:6379/0"
+    args = _cli_args(Path("redis-cli"), _parse(url))
+    assert args == ["redis-cli", "-u", "rediss://redis.internal:6380/2", "--user", "backup@ops", "--tls"]
+    assert "--user" not in _cli_args(Path("redis-cli"), _parse("redis://default:pw@h/0"))
 
 
 def test_redis_unreachable(db, tables, cfg):

@@ -4,6 +4,8 @@ loading a copy into a throwaway ``redis-server`` on loopback.
 The live server's key counts and a sample of key digests are recorded right after the snapshot,
 so a later verification compares the restored data with what the live server held then rather
 than with whatever it holds by the time someone re-verifies.
+
+The server is inspected with redis-py, one connection at a time, reading raw RESP2 replies.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
 
 from embedding_pipeline.backup.catalog import sha256
-from embedding_pipeline.backup.redis_client import (
-    RedisClient,
-    RedisReplyError,
-    parse_url,
-)
 from embedding_pipeline.errors import BackupError
 
 REDIS_SERVER_ENV = "EMBEDDING_PIPELINE_REDIS_SERVER"
@@ -36,10 +39,33 @@ RDB_FILE = "dump.rdb"
 
 
 def _parse(url: str) -> dict:
+    """Split a redis:// or rediss:// URL into what both redis-py and redis-cli are given.
+
+    Parsed here rather than by ``redis.from_url`` so that the client and redis-cli see the same
+    host, user and password, and because redis-py silently reads a database that is not a number
+    (``/abc``) as 0, where we refuse the URL.
+    """
     try:
-        return parse_url(url)
-    except ValueError as e:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError as e:  # a port that is not a number, a broken IPv6 literal
         raise BackupError(f"invalid Redis URL: {e}") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise BackupError(f"invalid Redis URL: unsupported scheme {parts.scheme!r}: use redis:// or rediss://")
+    db_text = parts.path.lstrip("/") or "0"
+    if not db_text.isdigit():
+        raise BackupError(f"invalid Redis URL: the database must be a number, got {db_text!r}")
+    username = unquote(parts.username) if parts.username else None
+    host = parts.hostname or "127.0.0.1"
+    display_host = f"[{host}]" if ":" in host else host
+    return {
+        "host": host, "port": port, "db": int(db_text),
+        "username": username if username not in (None, "", "default") else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "tls": parts.scheme == "rediss",
+        # What we print and store: the same server without credentials.
+        "clean_url": f"{parts.scheme}://{display_host}:{port}/{db_text}",
+    }
 
 
 def redact(url: str) -> str:
@@ -65,9 +91,22 @@ def binaries() -> tuple[Path, Path]:
     return found[0], found[1]
 
 
-def _client(url: str, **kwargs) -> RedisClient:
-    _parse(url)  # a bad URL is a BackupError, not a ValueError
-    return RedisClient.from_url(url, **kwargs)
+def _connect(host: str, port: int, *, db: int = 0, username: str | None = None, password: str | None = None,
+             tls: bool = False, timeout: float = 10.0) -> redis.Redis:
+    """One connection (so SELECT sticks), one attempt (the caller decides about retrying), and raw RESP2
+    replies: no response callbacks, so values are the server's bytes, and the sample digests stay the
+    same whatever redis-py version parses them (they are compared across machines and months)."""
+    client = redis.Redis(host=host, port=port, db=db, username=username, password=password,
+                         ssl=tls, ssl_check_hostname=tls, socket_timeout=timeout, socket_connect_timeout=timeout,
+                         protocol=2, single_connection_client=True, retry=Retry(NoBackoff(), 0))
+    client.response_callbacks.clear()
+    return client
+
+
+def _client(url: str, **kwargs) -> redis.Redis:
+    p = _parse(url)  # a bad URL is a BackupError
+    return _connect(p["host"], p["port"], db=p["db"], username=p["username"], password=p["password"],
+                    tls=p["tls"], **kwargs)
 
 
 def _canon(value) -> bytes:
@@ -80,33 +119,33 @@ def _canon(value) -> bytes:
     return b"*%d:" % len(value) + b"".join(_canon(v) for v in value)
 
 
-def _value_digest(client: RedisClient, key: bytes, kind: str) -> str | None:
+def _value_digest(client: redis.Redis, key: bytes, kind: str) -> str | None:
     sizes = {"hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD", "stream": "XLEN"}
     if kind in sizes:
-        n = client.call(sizes[kind], key)
+        n = client.execute_command(sizes[kind], key)
         if n > MAX_DIGEST_ELEMENTS:
             return f"len:{n}"
     if kind == "string":
-        value = client.call("GET", key)
+        value = client.execute_command("GET", key)
     elif kind == "hash":
-        flat = client.call("HGETALL", key)
+        flat = client.execute_command("HGETALL", key)
         value = sorted(zip(flat[::2], flat[1::2]))
     elif kind == "list":
-        value = client.call("LRANGE", key, 0, -1)
+        value = client.execute_command("LRANGE", key, 0, -1)
     elif kind == "set":
-        value = sorted(client.call("SMEMBERS", key))
+        value = sorted(client.execute_command("SMEMBERS", key))
     elif kind == "zset":
-        value = client.call("ZRANGE", key, 0, -1, "WITHSCORES")
+        value = client.execute_command("ZRANGE", key, 0, -1, "WITHSCORES")
     elif kind == "stream":
-        value = client.call("XRANGE", key, "-", "+")
+        value = client.execute_command("XRANGE", key, "-", "+")
     else:
         return None  # module types: the TYPE comparison is all we can do portably
     return hashlib.sha256(_canon(value)).hexdigest()
 
 
-def _keyspace(client: RedisClient) -> dict[str, dict[str, int]]:
+def _keyspace(client: redis.Redis) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for line in client.call("INFO", "keyspace").decode().splitlines():
+    for line in client.execute_command("INFO", "keyspace").decode().splitlines():
         if line.startswith("db") and ":" in line:
             name, fields = line.split(":", 1)
             kv = dict(f.split("=", 1) for f in fields.split(","))
@@ -114,16 +153,16 @@ def _keyspace(client: RedisClient) -> dict[str, dict[str, int]]:
     return out
 
 
-def _sample(client: RedisClient, limit: int = SAMPLE_SIZE) -> list[dict]:
+def _sample(client: redis.Redis, limit: int = SAMPLE_SIZE) -> list[dict]:
     sample, cursor, rounds = [], b"0", 0
     while len(sample) < limit and rounds < 50:
-        cursor, keys = client.call("SCAN", cursor, "COUNT", 100)
+        cursor, keys = client.execute_command("SCAN", cursor, "COUNT", 100)
         rounds += 1
         for key in keys:
             # Keys with a TTL may be gone by the time the copy loads; they prove nothing.
-            if len(sample) >= limit or client.call("PTTL", key) != -1:
+            if len(sample) >= limit or client.execute_command("PTTL", key) != -1:
                 continue
-            kind = client.call("TYPE", key).decode()
+            kind = client.execute_command("TYPE", key).decode()
             if kind == "none":
                 continue
             sample.append({"key_b64": base64.b64encode(key).decode(), "type": kind,
@@ -133,10 +172,10 @@ def _sample(client: RedisClient, limit: int = SAMPLE_SIZE) -> list[dict]:
     return sample
 
 
-def _config_get(client: RedisClient, name: str) -> str | None:
+def _config_get(client: redis.Redis, name: str) -> str | None:
     try:
-        reply = client.call("CONFIG", "GET", name)
-    except RedisReplyError:
+        reply = client.execute_command("CONFIG", "GET", name)
+    except ResponseError:
         return None  # managed services rename or forbid CONFIG
     return reply[1].decode() if reply and len(reply) == 2 else None
 
@@ -154,8 +193,8 @@ def ping(url: str) -> None:
     p = _parse(url)
     try:
         with _client(url, timeout=5) as live:
-            live.call("PING")
-    except (OSError, RedisReplyError) as e:
+            live.execute_command("PING")
+    except (OSError, RedisError) as e:
         raise BackupError(f"Redis at {p['clean_url']} is unreachable ({e}); start it, fix the URL, "
                           "or leave Redis out of this backup") from None
 
@@ -184,11 +223,11 @@ def snapshot(url: str, dest: Path) -> dict:
         with _client(url) as live:
             keyspace = _keyspace(live)
             sample = _sample(live)
-            version = next((line.split(":", 1)[1] for line in live.call("INFO", "server").decode().splitlines()
+            version = next((line.split(":", 1)[1] for line in live.execute_command("INFO", "server").decode().splitlines()
                             if line.startswith("redis_version:")), "unknown")
             live_dir, live_file = _config_get(live, "dir"), _config_get(live, "dbfilename")
             appendonly = _config_get(live, "appendonly")
-    except (OSError, RedisReplyError) as e:
+    except (OSError, RedisError) as e:
         raise BackupError(f"Redis at {p['clean_url']} failed while sampling keys after the snapshot: {e}") from None
     target = os.path.join(live_dir, live_file) if live_dir and live_file else "<dir>/<dbfilename> (CONFIG GET)"
     start = "redis-server /path/to/redis.conf  # or start your service"
@@ -212,26 +251,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_loaded(proc: subprocess.Popen, port: int) -> RedisClient | None:
+def _wait_loaded(proc: subprocess.Popen, port: int) -> redis.Redis | None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            client = RedisClient("127.0.0.1", port, timeout=30)
-        except OSError:
+            client = _connect("127.0.0.1", port, timeout=30)
+        except (OSError, RedisError):
             time.sleep(0.05)
             continue
         try:
-            client.call("PING")
-            if b"loading:0" in client.call("INFO", "persistence"):
+            client.execute_command("PING")
+            if b"loading:0" in client.execute_command("INFO", "persistence"):
                 return client
-        except (OSError, RedisReplyError):
+        except (OSError, RedisError):
             pass  # -LOADING while it reads the snapshot, or it is exiting
         client.close()
         time.sleep(0.05)
     return None
 
 
-def _start_scratch_server(server: Path, workdir: Path) -> tuple[subprocess.Popen, RedisClient]:
+def _start_scratch_server(server: Path, workdir: Path) -> tuple[subprocess.Popen, redis.Redis]:
     log = workdir / "redis.log"
     for _attempt in range(3):
         port = _free_port()
@@ -258,13 +297,13 @@ def _start_scratch_server(server: Path, workdir: Path) -> tuple[subprocess.Popen
     raise BackupError("could not find a free loopback port for the throwaway redis-server")
 
 
-def _stop(proc: subprocess.Popen, client: RedisClient | None) -> None:
+def _stop(proc: subprocess.Popen, client: redis.Redis | None) -> None:
     try:
         if client is not None:
-            client.call("SHUTDOWN", "NOSAVE")
+            client.execute_command("SHUTDOWN", "NOSAVE")
         elif proc.poll() is None:
             proc.terminate()
-    except (OSError, RedisReplyError):
+    except (OSError, RedisError):
         pass  # the server closes the connection as it exits
     finally:
         if client is not None:
@@ -298,17 +337,17 @@ def verify_snapshot(info: dict, backup_dir: Path) -> dict:
             if not live["keys"] - live["expires"] <= got <= live["keys"]:
                 raise BackupError(f"Redis {name}: the snapshot restores {got} keys, "
                                   f"the live server had {live['keys']}")
-        client.call("SELECT", info.get("db", 0))
+        client.execute_command("SELECT", info.get("db", 0))
         for i, entry in enumerate(info["sample"]):
             key = base64.b64decode(entry["key_b64"])
-            kind = client.call("TYPE", key).decode()
+            kind = client.execute_command("TYPE", key).decode()
             if kind != entry["type"]:
                 raise BackupError(f"Redis sampled key #{i + 1}: type {kind} after restore, "
                                   f"{entry['type']} on the live server")
             if _value_digest(client, key, kind) != entry["digest"]:
                 raise BackupError(f"Redis sampled key #{i + 1} ({kind}): restored value differs from the live one")
         return {"keys": sum(v["keys"] for v in restored.values()), "sampled": len(info["sample"])}
-    except (OSError, RedisReplyError) as e:
+    except (OSError, RedisError) as e:
         raise BackupError(f"Redis snapshot verification failed: {e}") from None
     finally:
         if proc is not None:

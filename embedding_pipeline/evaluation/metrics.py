@@ -1,23 +1,27 @@
 """Ranking metrics as BEIR, MTEB and sentence-transformers define them, and ranking agreement.
 
-Every function takes a ranked list of document ids (best first) and, for the IR metrics, the
-query's judgments ``{doc_id: grade}``. A grade <= 0 means "judged not relevant", as in
-trec_eval/pytrec_eval (BEIR, MTEB); only grades > 0 are relevant documents.
+The IR metrics are computed by ``pytrec_eval`` (Python bindings of trec_eval, the reference
+implementation BEIR and MTEB use). Every function takes a ranked list of document ids (best
+first) and, for the IR metrics, the query's judgments ``{doc_id: grade}``. A grade <= 0 means
+"judged not relevant", as in trec_eval (BEIR, MTEB); only grades > 0 are relevant documents. Ids
+are compared as strings, as trec_eval's are.
 
-Definitions (``R`` = relevant documents of the query, ``top`` = the first k ids of the ranking):
+Definitions (``R`` = relevant documents of the query, ``top`` = the first k ids of the ranking),
+with the trec_eval measure each comes from:
 
-* ``precision@k`` = |top ∩ R| / k, k even when fewer than k ids were retrieved (trec_eval's P_k,
+* ``precision@k`` = |top ∩ R| / k, k even when fewer than k ids were retrieved (``P_k``;
   sentence-transformers' Precision@k).
-* ``recall@k`` = |top ∩ R| / |R|.
+* ``recall@k`` = |top ∩ R| / |R| (``recall_k``).
 * ``mrr@k`` = 1 / rank of the first relevant id in top, 0 if none (BEIR's and ST's MRR@k).
+  trec_eval's ``recip_rank`` has no cut-off, so a first relevant id ranked below k scores 0.
 * ``ndcg@k`` = DCG / IDCG with linear gain ``grade`` and discount ``1 / log2(rank + 1)``; the
-  ideal ranking sorts every judged grade (retrieved or not) descending. This is trec_eval's
-  ``ndcg_cut`` (graded), which BEIR and MTEB report. sentence-transformers'
-  ``InformationRetrievalEvaluator`` only knows binary relevance (gain 1 per relevant hit); on
-  binary qrels the two are identical, on graded qrels we follow trec_eval.
+  ideal ranking sorts every judged grade (retrieved or not) descending (``ndcg_cut_k``, graded,
+  what BEIR and MTEB report). sentence-transformers' ``InformationRetrievalEvaluator`` only knows
+  binary relevance (gain 1 per relevant hit); on binary qrels the two are identical.
 * ``map@k`` = (sum over relevant ids at rank r <= k of precision@r) / min(k, |R|). This follows
-  sentence-transformers. pytrec_eval's ``map_cut_k`` (BEIR, MTEB) divides by |R| instead; the two
-  differ only for queries with more than k relevant documents, which is rare at k = 100.
+  sentence-transformers. trec_eval's ``map_cut_k`` (BEIR, MTEB) has the same sum over |R|, so we
+  rescale it by |R| / min(k, |R|); the two differ only for queries with more than k relevant
+  documents, which is rare at k = 100.
 
 A document id repeated in a ranking counts once, at its first position, so a buggy retriever
 that returns duplicates cannot score a relevant document twice.
@@ -29,6 +33,7 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
+import pytrec_eval
 
 HEADLINE = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")
 METRICS = ("ndcg", "recall", "mrr", "map", "precision")
@@ -49,53 +54,16 @@ def _top(ranked: Sequence[Hashable], k: int) -> list[Hashable]:
     return out
 
 
-def _relevant(qrels: Mapping[Hashable, int]) -> set:
-    return {doc for doc, grade in qrels.items() if grade > 0}
-
-
-def precision_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    rel = _relevant(qrels)
-    return sum(1 for d in _top(ranked_ids, k) if d in rel) / k
-
-
-def recall_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    rel = _relevant(qrels)
-    if not rel:
-        return 0.0
-    return sum(1 for d in _top(ranked_ids, k) if d in rel) / len(rel)
-
-
-def mrr_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    rel = _relevant(qrels)
-    for rank, d in enumerate(_top(ranked_ids, k), start=1):
-        if d in rel:
-            return 1.0 / rank
-    return 0.0
-
-
-def ndcg_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    gains = [max(qrels.get(d, 0), 0) for d in _top(ranked_ids, k)]
-    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    if idcg == 0:
-        return 0.0
-    return sum(g / math.log2(i + 2) for i, g in enumerate(gains)) / idcg
-
-
-def map_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    rel = _relevant(qrels)
-    if not rel:
-        return 0.0
-    hits = 0
-    total = 0.0
-    for rank, d in enumerate(_top(ranked_ids, k), start=1):
-        if d in rel:
-            hits += 1
-            total += hits / rank
-    return total / min(k, len(rel))
-
-
-_FUNCS = {"ndcg": ndcg_at_k, "recall": recall_at_k, "mrr": mrr_at_k, "map": map_at_k, "precision": precision_at_k}
+def _scores(trec: Mapping[str, float], relevant: int, k: int) -> dict[str, float]:
+    """Our metrics at k from one query's trec_eval measures."""
+    rr = trec["recip_rank"]
+    return {
+        "ndcg": trec[f"ndcg_cut_{k}"],
+        "recall": trec[f"recall_{k}"],
+        "mrr": rr if rr and round(1 / rr) <= k else 0.0,
+        "map": trec[f"map_cut_{k}"] * relevant / min(k, relevant),
+        "precision": trec[f"P_{k}"],
+    }
 
 
 def evaluate_run(
@@ -111,13 +79,25 @@ def evaluate_run(
 
     Returns ``{"ndcg@10": ..., "recall@100": ..., ..., "queries": n, "per_query": {qid: {...}}}``.
     """
-    keys = [f"{m}@{k}" for k in sorted(set(ks)) for m in METRICS]
+    ks = sorted(set(ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k must be >= 1, got {ks[0] if ks else 'no k'}")
+    keys = [f"{m}@{k}" for k in ks for m in METRICS]
+    judged = {qid: j for qid, j in qrels.items() if any(g > 0 for g in j.values())}
+    trec_qrels = {str(qid): {str(d): int(g) for d, g in j.items()} for qid, j in judged.items()}
+    # Strictly falling scores keep our order: trec_eval sorts by score and would break ties by id.
+    trec_run = {}
+    for qid in judged:
+        top = _top([str(d) for d in run.get(qid, ())], ks[-1])
+        trec_run[str(qid)] = {d: float(len(top) - i) for i, d in enumerate(top)}
+    cut = ",".join(map(str, ks))
+    measures = {f"ndcg_cut.{cut}", f"recall.{cut}", f"P.{cut}", f"map_cut.{cut}", "recip_rank"}
+    trec = pytrec_eval.RelevanceEvaluator(trec_qrels, measures).evaluate(trec_run) if judged else {}
     per_query: dict[Hashable, dict[str, float]] = {}
-    for qid, judged in qrels.items():
-        if not _relevant(judged):
-            continue
-        ranking = list(run.get(qid, ()))
-        per_query[qid] = {f"{m}@{k}": _FUNCS[m](ranking, judged, k) for k in sorted(set(ks)) for m in METRICS}
+    for qid, j in judged.items():
+        relevant = sum(1 for g in j.values() if g > 0)
+        at = {k: _scores(trec[str(qid)], relevant, k) for k in ks}
+        per_query[qid] = {f"{m}@{k}": at[k][m] for k in ks for m in METRICS}
     out: dict = {}
     for key in keys:
         values = [scores[key] for scores in per_query.values()]
@@ -125,6 +105,32 @@ def evaluate_run(
     out["queries"] = len(per_query)
     out["per_query"] = per_query
     return out
+
+
+def _one(metric: str, ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    """One metric of one ranking; 0.0 when the judgments hold nothing relevant."""
+    result = evaluate_run({0: ranked_ids}, {0: qrels}, ks=(k,))["per_query"]
+    return result[0][f"{metric}@{k}"] if result else 0.0
+
+
+def precision_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    return _one("precision", ranked_ids, qrels, k)
+
+
+def recall_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    return _one("recall", ranked_ids, qrels, k)
+
+
+def mrr_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    return _one("mrr", ranked_ids, qrels, k)
+
+
+def ndcg_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    return _one("ndcg", ranked_ids, qrels, k)
+
+
+def map_at_k(ranked_ids: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    return _one("map", ranked_ids, qrels, k)
 
 
 def overlap_at_k(a: Sequence[Hashable], b: Sequence[Hashable], k: int) -> float:
