@@ -141,10 +141,10 @@ def test_flip_serves_the_new_space_to_honchos_own_queries(app_env):
     assert _honcho_docs(env, qvec) == ours
     # Registry: the new space is active; the legacy binding follows its column; validator and env agree.
     with env.db.connect() as conn:
-        bs = {b["space"]: b for b in bindings(conn, env.schema, "documents")}
+        bs = {b.space: b for b in bindings(conn, env.schema, "documents")}
         report = validate(conn, env.cfg, None, sources=list(SOURCES))
-    assert bs[NEW]["status"] == "active" and bs[LEGACY]["status"] == "retired"
-    assert bs[LEGACY]["vector_column"] == "embedding__minilm"
+    assert bs[NEW].status == "active" and bs[LEGACY].status == "retired"
+    assert bs[LEGACY].vector_column == "embedding__minilm"
     assert [c.message for c in report.failures()] == []
     assert app_env_vars(env.db, env.cfg, APP)["EMBEDDING_VECTOR_DIMENSIONS"] == "256"
     # A stale app still computing 384-d MiniLM vectors is refused by the database itself.
@@ -238,8 +238,8 @@ def test_rollback_restores_the_legacy_column_with_rows_written_meanwhile(app_env
     assert np.allclose(got, want, atol=1e-5)
     assert _counts(env) == {t: n + 1 for t, n in before.items()}
     with env.db.connect() as conn:
-        bs = {b["space"]: b for b in bindings(conn, env.schema, "documents")}
-    assert bs[LEGACY]["status"] == "active" and bs[LEGACY]["vector_column"] == "embedding"
+        bs = {b.space: b for b in bindings(conn, env.schema, "documents")}
+    assert bs[LEGACY].status == "active" and bs[LEGACY].vector_column == "embedding"
     assert app_env_vars(env.db, env.cfg, APP)["EMBEDDING_VECTOR_DIMENSIONS"] == "384"
 
 
