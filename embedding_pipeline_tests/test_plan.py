@@ -18,7 +18,7 @@ from embedding_pipeline.config import load_config
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.cutover.plan_assets import build_plan as build_plan_defs
 from embedding_pipeline.defs.resources import PipelineResource
-from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.reembed import record_index_build, reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.evaluation.smoke import (
@@ -79,7 +79,8 @@ def test_plan_renders_every_section_from_the_live_database(db, cfg, providers):
     assert "embedding vector(256) NOT NULL" in md and "CHECK (model_version = 'minilm-256@" in md
     assert ('USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)' in md
             and "SET LOCAL maintenance_work_mem = '1GB'" in md)
-    assert REFERENCE_BUILD.label in md and "too small to extrapolate" not in md
+    # The 40-row build this re-embed recorded is too small to scale from: the reference is used, and said so.
+    assert REFERENCE_BUILD.label in md and "the measured builds (1) were below 10,000 rows" in md
     assert 'embedding_pipeline."documents_active_embedding"' in md and "serves `minilm` now" in md
     assert "embedding_pipeline.documents_search(vector,integer)" in md
     assert 'ALTER TABLE "public"."documents" DROP COLUMN "embedding";' in md
@@ -182,18 +183,19 @@ def test_estimate_scales_the_largest_usable_measurement():
 
 
 def test_plan_asset_attaches_markdown_and_reads_measured_builds(db, cfg, config_path, providers):
-    """The plan asset writes the file and attaches it, scaling index time from builds the re-embed asset recorded."""
+    """The plan asset writes the file and attaches it, scaling index time from the builds re-embed recorded."""
     reembed(db, cfg, "documents", SPACE, providers[SPACE])
     with db.connect() as conn:
         make_documents(conn, 5, table="message_embeddings")
-    instance = dg.DagsterInstance.ephemeral()
-    for rows, seconds in [(40, 0.05), (20_000, 15.0)]:  # what the re-embed asset records when it builds an index
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            asset_key=dg.AssetKey(["embeddings", "minilm_256"]), partition="documents",
-            metadata={"index_built": True, "index_build_seconds": seconds, "rows_stored": rows}))
+        recorded = conn.execute(sql.SQL("SELECT source, space, rows, dims FROM {}.index_builds").format(
+            sql.Identifier(cfg.project_schema))).fetchall()
+        assert recorded == [("documents", SPACE, 40, 256)]  # the build this re-embed just did
+        for rows, seconds in [(40, 0.05), (20_000, 15.0)]:
+            record_index_build(conn, cfg.project_schema, "documents", SPACE, rows=rows, dims=256, seconds=seconds)
+        conn.commit()
     resource = PipelineResource(config_path=str(config_path))
     defs = dg.Definitions.merge(build_plan_defs(load_config(config_path)), dg.Definitions(resources={"pipeline": resource}))
-    result = dg.materialize([defs.resolve_assets_def(dg.AssetKey(["plan", "minilm_256"]))], instance=instance)
+    result = dg.materialize([defs.resolve_assets_def(dg.AssetKey(["plan", "minilm_256"]))])
     assert result.success
     md = result.asset_materializations_for_node("plan__minilm_256")[0].metadata
     text = md["plan"].value

@@ -252,6 +252,9 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                 stats.index_built = build_index(conn, config, source_name, space_name)
                 stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
             stats.eligible, stats.stored = coverage_counts(conn, source, schema, space_name)
+            if stats.index_built:
+                record_index_build(conn, schema, source_name, space_name, rows=stats.stored, dims=cfg.dimensions,
+                                   seconds=stats.index_seconds)
             conn.commit()
             if stats.embedded + stats.deleted > 0.1 * max(stats.stored, 1):
                 _vacuum(db, schema, space_table_name(source_name, space_name))
@@ -261,6 +264,13 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key,))
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def record_index_build(conn, schema: str, source: str, space: str, *, rows: int, dims: int, seconds: float) -> None:
+    """One row in ``<schema>.index_builds``: the migration plan scales its index time estimates from these."""
+    conn.execute(sql.SQL("INSERT INTO {}.index_builds (source, space, rows, dims, seconds) "
+                         "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(schema)),
+                 (source, space, rows, dims, seconds))
 
 
 def _vacuum(db: Database, schema: str, table: str) -> None:
