@@ -18,9 +18,9 @@ from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.evaluation.beir import EvalSet, store_eval_set
 from embedding_pipeline.evaluation.metrics import HEADLINE, evaluate_run
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline_tests.conftest import TEST_CONFIG
-from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.configs import TEST_CONFIG
+from embedding_pipeline_tests.support.sources import make_documents
+from embedding_pipeline_tests.support.tiny_labeled import CORPUS, QRELS, QUERIES
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from embedding_pipeline.evaluation.metrics import (
     rank_correlation,
     recall_at_k,
 )
-from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
+from embedding_pipeline_tests.support.tiny_labeled import CORPUS, QRELS, QUERIES
 
 L3 = math.log2(3)
 REL_AC = {"a": 1, "c": 1}

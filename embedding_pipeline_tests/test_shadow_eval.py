@@ -33,8 +33,8 @@ from embedding_pipeline.evaluation.search import search_queries, search_space
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
-from embedding_pipeline_tests.conftest import TEST_CONFIG
-from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
+from embedding_pipeline_tests.support.configs import TEST_CONFIG
+from embedding_pipeline_tests.support.tiny_labeled import CORPUS, QRELS, QUERIES
 from embedding_pipeline_tests.test_eval_metrics import _Precomputed
 
 # A query prompt that drags every query towards music: real MiniLM vectors, a worse space.

@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import uuid
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
-import psycopg
 import pytest
-import yaml
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from embedding_pipeline.cli import drift_commands
 from embedding_pipeline.cli.common import run_command
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db.connection import (
-    Database,
-    ensure_extension,
-    url_with_database,
-)
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.drift import alerts
 from embedding_pipeline.drift.stats import (
@@ -40,71 +28,14 @@ from embedding_pipeline.drift.stats import (
     record,
 )
 from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.embeddings.setup import prepare_source
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import model_version
-from embedding_pipeline_tests.sources import TOPICS, make_documents
-
-SPACE = "minilm-256"
-SCHEMA = "embedding_pipeline"
-TABLE = f"{SCHEMA}.documents__{SPACE}"
-
-
-PACKAGED = Path(__file__).parents[1] / "embedding_pipeline" / "pipeline.yaml"
-
-
-@pytest.fixture(scope="module")
-def providers():
-    """MiniLM loads once per module: the legacy 384-d space and the 256-d built one."""
-    packaged = load_config(PACKAGED)
-    return {name: build_provider(name, packaged.space(name)) for name in ("minilm", SPACE)}
-
-
-def write_config(base: Path, tmp_path: Path, *, messages: bool = False, **drift) -> Path:
-    """The test config with documents cut over to minilm-256 (the legacy column is a shadow)."""
-    raw = yaml.safe_load(base.read_text())
-    raw["sources"]["documents"].update(spaces=[SPACE], active_space=SPACE)
-    if not messages:
-        raw["sources"].pop("message_embeddings")
-    raw["drift"] = {**raw.get("drift", {}), **drift}
-    path = tmp_path / "drift.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def seed(db: Database, cfg, providers, n: int = 40) -> None:
-    with db.connect() as conn:
-        ensure_schema(conn, SCHEMA)
-        make_documents(conn, n)
-        prepare_source(conn, cfg, "documents", providers.__getitem__)
-    reembed(db, cfg, "documents", SPACE, providers[SPACE], build_hnsw=False)
-
-
-@pytest.fixture(scope="module")
-def seeded_template(pg_admin_url, providers, tmp_path_factory):
-    """One database seeded for real (40 documents embedded into minilm-256), cloned by each test."""
-    name = f"drift_seed_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    home = tmp_path_factory.mktemp("drift_seed")
-    template = Database(url=url_with_database(pg_admin_url, name), embedded=False, home=home)
-    with template.connect(autocommit=True) as conn:
-        ensure_extension(conn)
-    seed(template, load_config(write_config(PACKAGED, home)), providers)
-    yield name
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def seeded(db, pg_admin_url, seeded_template) -> Database:
-    """The test's fresh database, re-created as a copy of the seeded template (same name and URL)."""
-    name = conninfo_to_dict(db.url)["dbname"]
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                      sql.Identifier(seeded_template)))
-    return db
+from embedding_pipeline_tests.support.drift_env import (
+    SCHEMA,
+    SPACE,
+    TABLE,
+    assert_no_content,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -260,38 +191,6 @@ def test_quality_regression_needs_more_than_the_margin(db, config):
     assert not within["regressed"] and beyond["regressed"] and not better["regressed"]
     assert within["baseline"] == beyond["baseline"] == better["baseline"] == 0.80
     assert beyond["drop"] == pytest.approx(0.0201)
-
-
-class _Capture(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.captured.append((self.path, self.headers["Content-Type"], json.loads(body)))
-        self.send_response(self.server.status)
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def webhook():
-    """A Slack-like webhook on loopback recording each POST; `.status` sets its answer."""
-    server = HTTPServer(("127.0.0.1", 0), _Capture)
-    server.captured, server.status = [], 200
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{server.server_port}/services/T000/B000/SECRET-TOKEN"
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def assert_no_content(payloads) -> None:
-    blob = json.dumps(payloads)
-    for topic in TOPICS:
-        assert topic[:25] not in blob
-    assert "Rewritten" not in blob
 
 
 def test_webhook_post_carries_numbers_not_content(db, cfg, webhook):

@@ -27,8 +27,8 @@ from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline.spaces.validator import validate
-from embedding_pipeline_tests.reliability_report import record
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.reliability_report import record
+from embedding_pipeline_tests.support.sources import make_documents
 
 pytestmark = pytest.mark.reliability
 SPACE, LEGACY, ROWS = "minilm-256", "minilm", 30

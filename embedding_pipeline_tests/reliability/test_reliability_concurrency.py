@@ -27,9 +27,9 @@ from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.canaries import CANARY_TEXTS
 from embedding_pipeline.spaces.model import model_version, space_table_name
 from embedding_pipeline.spaces.source import inspect_source
-from embedding_pipeline_tests.conftest import TEST_CONFIG
-from embedding_pipeline_tests.reliability_report import record
-from embedding_pipeline_tests.sources import TOPICS, make_documents
+from embedding_pipeline_tests.support.configs import TEST_CONFIG
+from embedding_pipeline_tests.support.reliability_report import record
+from embedding_pipeline_tests.support.sources import TOPICS, make_documents
 
 pytestmark = pytest.mark.reliability
 SPACE, LEGACY, ROWS = "minilm-256", "minilm", 160

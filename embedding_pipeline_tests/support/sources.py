@@ -1,8 +1,16 @@
-"""Small source tables for tests, created on the real database."""
+"""Small source tables for tests, created on the real database, and prepared for the pipeline."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 from psycopg import sql
+
+from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db.connection import Database
+from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings.setup import prepare_source
 
 TOPICS = [
     "The pasta needs salted boiling water and ten minutes on the stove.",
@@ -30,4 +38,27 @@ def make_documents(conn, n: int = 60, *, schema: str = "public", table: str = "d
         cur.executemany(sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s)").format(
             sql.Identifier(schema, table), sql.Identifier(id_column), sql.Identifier(text_column)), rows)
     conn.commit()
+    return ids
+
+
+class PreparedSource(NamedTuple):
+    """What the ``prepared_source`` fixture returns: unpacks as ``cfg, provider_for, ids``."""
+
+    cfg: PipelineConfig
+    provider_for: Callable[..., object]
+    ids: list[str]
+
+
+def prepare_documents(db: Database, cfg: PipelineConfig, provider_for, spaces, rows: int,
+                      seed: Callable | None = None) -> list[str]:
+    """The project schema, a ``documents`` table of ``rows`` rows, ``seed(conn, ids)`` if given, then the spaces
+    registered and their tables created (nothing embedded yet)."""
+    with db.connect() as conn:
+        ensure_schema(conn, cfg.project_schema)
+        conn.commit()
+        ids = make_documents(conn, rows)
+        if seed:
+            seed(conn, ids)
+            conn.commit()
+        prepare_source(conn, cfg, "documents", provider_for, spaces=list(spaces))
     return ids

@@ -24,32 +24,17 @@ from embedding_pipeline.defs.embeddings import assets as embedding_assets
 from embedding_pipeline.defs.resources import PipelineResource, source_partitions
 from embedding_pipeline.drift.stats import CHECKS
 from embedding_pipeline.evaluation.beir import EvalSet, store_eval_set
-from embedding_pipeline_tests.test_drift import (  # noqa: F401 (fixtures)
+from embedding_pipeline_tests.support.drift_env import (
     SCHEMA,
     SPACE,
     TABLE,
     assert_no_content,
-    providers,
-    seeded,
-    seeded_template,
-    webhook,
     write_config,
 )
 
 
 @pytest.fixture
-def seeded_db(request):
-    """test_drift's seeded database copy (taken by name so that no parameter shadows the import)."""
-    return request.getfixturevalue("seeded")
-
-
-@pytest.fixture
-def webhook_server(request):
-    return request.getfixturevalue("webhook")
-
-
-@pytest.fixture
-def cfg_path(seeded_db, config_path, tmp_path, monkeypatch):
+def cfg_path(seeded, config_path, tmp_path, monkeypatch):
     """Both sources configured (two partitions); only documents exists and is embedded."""
     path = write_config(config_path, tmp_path, messages=True)
     monkeypatch.setenv("EMBEDDING_PIPELINE_CONFIG", str(path))
@@ -67,6 +52,15 @@ def materialize(path, instance, partition="documents"):
     asset = build_drift_asset(config=config, partitions=source_partitions(config))
     return dg.materialize([asset], partition_key=partition, instance=instance, raise_on_error=False,
                           resources={"pipeline": PipelineResource(config_path=str(path))})
+
+
+def run_failure_sensor(result, cfg_path, instance) -> None:
+    """drift_run_failure_sensor on the failed run (a context manager: PipelineResource holds nested resources)."""
+    with dg.build_run_status_sensor_context(
+        sensor_name="drift_run_failure_sensor", dagster_event=result.get_run_failure_event(), dagster_instance=instance,
+        dagster_run=result.dagster_run, resources={"pipeline": PipelineResource(config_path=str(cfg_path))},
+    ) as ctx:
+        drift_run_failure_sensor(ctx.for_run_failure())
 
 
 @pytest.fixture
@@ -110,9 +104,9 @@ def test_schedule_requests_one_run_per_table(config):
         ("documents", "drift:documents:2026-03-04"), ("message_embeddings", "drift:message_embeddings:2026-03-04")]
 
 
-def test_materialized_drift_reports_checks_trends_and_alerts(seeded_db, cfg_path, instance):
+def test_materialized_drift_reports_checks_trends_and_alerts(seeded, cfg_path, instance):
     """A stale and an orphaned vector fail their checks on the materialization, with trends, PNG and alert rows."""
-    with seeded_db.connect() as conn:
+    with seeded.connect() as conn:
         conn.execute("UPDATE public.documents SET content = 'Rewritten: new text' WHERE id = 'doc00005'")
         conn.execute("DELETE FROM public.documents WHERE id = 'doc00001'")
     result = materialize(cfg_path, instance)
@@ -126,16 +120,16 @@ def test_materialized_drift_reports_checks_trends_and_alerts(seeded_db, cfg_path
     meta = result.asset_materializations_for_node("drift__drift_stats")[0].metadata
     assert meta[f"coverage_pct.{SPACE}"].value == 100.0 and meta[f"version_share_pct.{SPACE}"].value == 100.0
     assert (meta[f"stale.{SPACE}"].value, meta[f"orphans.{SPACE}"].value) == (1, 1)
-    png = seeded_db.home / "reports" / "drift_documents.png"
+    png = seeded.home / "reports" / "drift_documents.png"
     assert meta["version_plot"].value == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert meta["version_plot_preview"].value.startswith("![model_version over time](data:image/png;base64,")
-    assert [(c, s, sp) for c, s, sp, _ in alert_rows(seeded_db)] == [("no_stale_vectors", "ERROR", SPACE),
+    assert [(c, s, sp) for c, s, sp, _ in alert_rows(seeded)] == [("no_stale_vectors", "ERROR", SPACE),
                                                                  ("no_orphans", "WARN", SPACE)]
 
 
-def test_blocking_version_check_stops_the_run_without_a_second_alert(seeded_db, cfg_path, instance):
+def test_blocking_version_check_stops_the_run_without_a_second_alert(seeded, cfg_path, instance):
     """A foreign model_version fails the run (blocking) after recording it; the failure sensor does not re-alert."""
-    with seeded_db.connect() as conn:
+    with seeded.connect() as conn:
         tbl = sql.Identifier(SCHEMA, f"documents__{SPACE}")
         ck = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'",
                           (tbl.as_string(conn),)).fetchone()[0]
@@ -146,55 +140,48 @@ def test_blocking_version_check_stops_the_run_without_a_second_alert(seeded_db, 
     ev = evaluations(result)["single_model_version"]
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
     assert result.asset_materializations_for_node("drift__drift_stats")  # the numbers were still recorded
-    with seeded_db.connect() as conn:
+    with seeded.connect() as conn:
         assert conn.execute("SELECT count(*) FROM embedding_pipeline.drift_history").fetchone()[0] == 2
-    ctx = dg.build_run_status_sensor_context(
-        sensor_name="drift_run_failure_sensor", dagster_event=result.get_run_failure_event(), dagster_instance=instance,
-        dagster_run=result.dagster_run, resources={"pipeline": PipelineResource(config_path=str(cfg_path))},
-    ).for_run_failure()
-    drift_run_failure_sensor(ctx)
-    assert [c for c, *_ in alert_rows(seeded_db)] == ["single_model_version"]
+    run_failure_sensor(result, cfg_path, instance)
+    assert [c for c, *_ in alert_rows(seeded)] == ["single_model_version"]
 
 
-def test_failed_run_becomes_an_alert_row(seeded_db, cfg_path, instance):
+def test_failed_run_becomes_an_alert_row(seeded, cfg_path, instance):
     """A run that crashes (source table dropped) is turned into an alert naming the error and source."""
-    with seeded_db.connect() as conn:
+    with seeded.connect() as conn:
         conn.execute("DROP TABLE public.documents CASCADE")  # the cutover view depends on it
     result = materialize(cfg_path, instance)
     assert not result.success
-    ctx = dg.build_run_status_sensor_context(
-        sensor_name="drift_run_failure_sensor", dagster_event=result.get_run_failure_event(), dagster_instance=instance,
-        dagster_run=result.dagster_run, resources={"pipeline": PipelineResource(config_path=str(cfg_path))},
-    ).for_run_failure()
-    drift_run_failure_sensor(ctx)
-    with seeded_db.connect() as conn:
+    run_failure_sensor(result, cfg_path, instance)
+    with seeded.connect() as conn:
         source, check, severity, message = conn.execute(
             "SELECT source, check_name, severity, message FROM embedding_pipeline.alerts").fetchone()
     assert (source, check, severity) == ("documents", "run_failed", "ERROR")
     assert "ConfigError" in message and "public.documents does not exist" in message and result.run_id in message
 
 
-def test_alert_sensor_posts_failed_checks_to_webhook(seeded_db, cfg_path, instance, webhook_server, monkeypatch):
+def test_alert_sensor_posts_failed_checks_to_webhook(seeded, cfg_path, instance, webhook, monkeypatch):
     """Failed checks reach the configured webhook as Slack JSON with table, space and numbers, once."""
-    with seeded_db.connect() as conn:
+    with seeded.connect() as conn:
         conn.execute(sql.SQL("DELETE FROM {} WHERE source_id IN ('doc00003', 'doc00004')").format(
             sql.Identifier(SCHEMA, f"documents__{SPACE}")))
     materialize(cfg_path, instance)
-    monkeypatch.setenv("EMBEDDING_PIPELINE_ALERT_WEBHOOK", webhook_server.url)
-    ctx = dg.build_sensor_context(instance=instance,
-                                  resources={"pipeline": PipelineResource(config_path=str(cfg_path))})
-    first = drift_alert_sensor(ctx)
-    second = drift_alert_sensor(ctx)
+    monkeypatch.setenv("EMBEDDING_PIPELINE_ALERT_WEBHOOK", webhook.url)
+    # A context manager: PipelineResource holds nested resources, which Dagster opens and closes.
+    with dg.build_sensor_context(instance=instance,
+                                 resources={"pipeline": PipelineResource(config_path=str(cfg_path))}) as ctx:
+        first = drift_alert_sensor(ctx)
+        second = drift_alert_sensor(ctx)
     assert "delivered 1, 0 still pending" in first.skip_message and "delivered 0" in second.skip_message
-    (path, _, payload), = webhook_server.captured
+    (path, _, payload), = webhook.captured
     assert path == "/services/T000/B000/SECRET-TOKEN"
     assert TABLE in payload["text"] and SPACE in payload["text"] and "38 of 40" in payload["text"]
     assert "missing=2" in json.dumps(payload["blocks"])
     assert_no_content([payload])
-    assert [d for *_, d in alert_rows(seeded_db)] == [True]
+    assert [d for *_, d in alert_rows(seeded)] == [True]
 
 
-def test_catch_up_sensor_requests_tables_not_checked_recently(seeded_db, cfg_path, instance):
+def test_catch_up_sensor_requests_tables_not_checked_recently(seeded, cfg_path, instance):
     """Tables never checked (or past 26 h) get a drift run; a table checked just now does not."""
     repo = definitions(load_config(cfg_path), cfg_path).get_repository_def()
     sensor = repo.get_sensor_def("drift_catch_up_sensor")
@@ -206,9 +193,9 @@ def test_catch_up_sensor_requests_tables_not_checked_recently(seeded_db, cfg_pat
         ("message_embeddings", "drift-catch-up:message_embeddings:0")]
 
 
-def test_nightly_eval_sets_a_baseline_then_flags_a_regression(seeded_db, cfg_path, instance):
+def test_nightly_eval_sets_a_baseline_then_flags_a_regression(seeded, cfg_path, instance):
     """With a labeled set the active space is re-evaluated: the first nDCG@10 is the baseline, a drop alerts."""
-    with seeded_db.connect() as conn:
+    with seeded.connect() as conn:
         store_eval_set(conn, SCHEMA, "documents-labeled", EvalSet(
             name="documents-labeled", source="documents", kind="labeled",
             queries={"q-pasta": "how long to boil pasta", "q-flight": "flight delayed by fog",
@@ -219,10 +206,10 @@ def test_nightly_eval_sets_a_baseline_then_flags_a_regression(seeded_db, cfg_pat
     assert evaluations(first)[QUALITY_CHECK].passed
     (reg,) = first.asset_materializations_for_node("drift__drift_stats")[0].metadata["quality_results"].value
     assert reg["baseline_created"] and reg["space"] == SPACE and reg["eval_set"] == "documents-labeled"
-    with seeded_db.connect() as conn:  # as if the space once scored far better on this set
+    with seeded.connect() as conn:  # as if the space once scored far better on this set
         conn.execute("UPDATE embedding_pipeline.quality_baselines SET ndcg_at_10 = %s", (reg["ndcg_at_10"] + 0.1,))
     second = evaluations(materialize(cfg_path, instance))[QUALITY_CHECK]
     assert not second.passed and second.severity == dg.AssetCheckSeverity.ERROR
     message = second.metadata["findings"].value[0]["message"]
     assert "nDCG@10" in message and "documents-labeled" in message and "below its baseline" in message
-    assert [c for c, *_ in alert_rows(seeded_db)] == ["quality_no_regression"]
+    assert [c for c, *_ in alert_rows(seeded)] == ["quality_no_regression"]

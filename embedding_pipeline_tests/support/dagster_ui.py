@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 from embedding_pipeline.db.connection import (
     DAGSTER_DATABASE_URL_ENV,
     Database,
-    ensure_extension,
     url_with_database,
 )
 from embedding_pipeline.local.dev import (
@@ -34,8 +28,9 @@ from embedding_pipeline.local.dev import (
     start_dagster_dev,
     stop_process_group,
 )
+from embedding_pipeline_tests.support.databases import scratch_database, vector_database
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 # As root Chromium needs --no-sandbox; the networking flags keep it from calling home on a closed network.
@@ -67,19 +62,6 @@ class DagsterUI:
 
 
 @contextmanager
-def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
-    """A fresh database on the session's server (its name), dropped afterwards even if in use."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@contextmanager
 def ui_databases(admin_url: str, home: Path) -> Iterator[tuple[Database, str]]:
     """The vector database (with pgvector) and a separate, empty database for the Dagster instance.
 
@@ -87,17 +69,9 @@ def ui_databases(admin_url: str, home: Path) -> Iterator[tuple[Database, str]]:
     other tests (or of an external server's earlier sessions) never show up as "latest".
     """
     with scratch_database(admin_url, "t") as vectors, scratch_database(admin_url, "dg") as instance:
-        db = Database(url=url_with_database(admin_url, vectors), embedded=False, home=home)
-        with db.connect(autocommit=True) as conn:
-            ensure_extension(conn)
+        db = vector_database(admin_url, vectors, home)
         # psycopg2 named explicitly, as Database.dagster_url does (dagster-postgres needs it).
         yield db, url_with_database(admin_url, instance, driver="psycopg2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 2.0) -> bytes:

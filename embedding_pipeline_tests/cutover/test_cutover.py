@@ -18,18 +18,12 @@ from embedding_pipeline.errors import RefusedError
 from embedding_pipeline.read_path.ann import search_space
 from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.cutover_env import (  # noqa: F401  (fixtures)
+from embedding_pipeline_tests.support.cutover_env import (
     LEGACY,
     NEW,
     QUERY,
     SOURCE,
-    Env,
-    env,
-    make,
-    make_env,
-    providers,
     snapshot,
-    template,
 )
 
 

@@ -3,7 +3,7 @@
 Tests call ``record(scenario, **counts)`` after their assertions passed, so a scenario in the
 file is one that held on the last run. Several pytest sessions may share the tree, so writes
 are merged under a file lock and replaced atomically. ``python -m
-embedding_pipeline_tests.reliability_report`` prints the counts as the Markdown table that
+embedding_pipeline_tests.support.reliability_report`` prints the counts as the Markdown table that
 ``docs/reliability.md`` quotes.
 """
 
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-ARTIFACT = Path(__file__).parents[1] / "test-artifacts" / "reliability.json"
+ARTIFACT = Path(__file__).parents[2] / "test-artifacts" / "reliability.json"
 
 
 def artifact_path() -> Path:

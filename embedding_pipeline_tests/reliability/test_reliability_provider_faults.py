@@ -12,8 +12,8 @@ from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ProviderError
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.fault_proxy import FaultProxy
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.fault_proxy import FaultProxy
+from embedding_pipeline_tests.support.sources import make_documents
 
 pytestmark = pytest.mark.reliability
 SPACE = "e5-small"

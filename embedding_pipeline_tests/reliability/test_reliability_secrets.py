@@ -27,10 +27,10 @@ from embedding_pipeline.errors import CloudEndpointRefused, DatabaseError, Provi
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.registry import registered_identity
-from embedding_pipeline_tests.conftest import free_port
-from embedding_pipeline_tests.fault_proxy import FaultProxy
-from embedding_pipeline_tests.reliability_report import record
-from embedding_pipeline_tests.sources import TOPICS, make_documents
+from embedding_pipeline_tests.support.fault_proxy import FaultProxy
+from embedding_pipeline_tests.support.net import free_port
+from embedding_pipeline_tests.support.reliability_report import record
+from embedding_pipeline_tests.support.sources import TOPICS, make_documents
 
 pytestmark = pytest.mark.reliability
 API_KEY = "sk-test-SECRET123"

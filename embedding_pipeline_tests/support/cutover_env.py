@@ -1,4 +1,4 @@
-"""The shared starting state of the cutover and deletion tests.
+"""The shared starting state of the cutover and deletion tests (their fixtures: ``cutover/conftest.py``).
 
 Legacy column filled with real MiniLM vectors and `minilm-256` fully embedded, built once per
 module into a template database; each test gets its own copy via CREATE DATABASE ... TEMPLATE.
@@ -9,52 +9,37 @@ from __future__ import annotations
 import uuid
 
 import psycopg
-import pytest
 import yaml
 from psycopg import sql
 
 from embedding_pipeline.backup.postgres import TableRef
 from embedding_pipeline.backup.run import take_backup
-from embedding_pipeline.config import load_config
-from embedding_pipeline.db.connection import (
-    Database,
-    ensure_extension,
-    url_with_database,
-)
+from embedding_pipeline.config import PipelineConfig, load_config
+from embedding_pipeline.db.connection import Database, url_with_database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.read_path.install import served_space
 from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.conftest import TEST_CONFIG
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.configs import TEST_CONFIG, narrowed
+from embedding_pipeline_tests.support.databases import create_database, vector_database
+from embedding_pipeline_tests.support.sources import make_documents
 
 SOURCE, LEGACY, NEW = "documents", "minilm", "minilm-256"
 
 QUERY = "how long should pasta boil in salted water"
 
 
-@pytest.fixture(scope="module")
-def providers():
-    cache = {}
-    yield cache
-    for p in cache.values():
-        p.close()
-
-
 class Env:
     """One test's database, config (documents -> legacy minilm + minilm-256) and providers."""
 
-    def __init__(self, db, cfg, providers, path):
-        self.db, self.cfg, self._providers, self.config_path = db, cfg, providers, path
+    def __init__(self, db, cfg, provider_cache, path):
+        self.db, self.cfg, self._providers, self.config_path = db, cfg, provider_cache, path
         self.schema, self.dbname = cfg.project_schema, None
 
     def provider_for(self, name):
-        if name not in self._providers:
-            self._providers[name] = build_provider(name, self.cfg.space(name))
-        return self._providers[name]
+        return self._providers.get(self.cfg, name)
 
     def bindings(self) -> list[dict]:
         with self.db.connect() as conn:
@@ -109,61 +94,33 @@ def _build_state(db, cfg, provider_for) -> None:
     reembed(db, cfg, SOURCE, NEW, provider_for(NEW))
 
 
-@pytest.fixture(scope="module")
-def template(pg_admin_url, pg_home, providers, tmp_path_factory):
-    """The shared starting state, built once per module by the real pipeline and real models:
-    documents (40 rows, legacy column filled by MiniLM), minilm active, minilm-256 fully embedded.
-    Each test gets its own copy (CREATE DATABASE ... TEMPLATE), so the models run once."""
+def template_config() -> PipelineConfig:
     base = load_config(TEST_CONFIG)
-    src = base.sources[SOURCE].model_copy(update={"spaces": [NEW]})
-    cfg = base.model_copy(update={"sources": {SOURCE: src}})
-    name = f"tmpl_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    db = Database(url=url_with_database(pg_admin_url, name), embedded=False, home=pg_home / name)
-    with db.connect(autocommit=True) as conn:
-        ensure_extension(conn)
-    _build_state(db, cfg, Env(db, cfg, providers, None).provider_for)
-    yield name, cfg
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return narrowed(base, sources=(SOURCE,), source={"spaces": [NEW]})
 
 
-def make_env(template, pg_admin_url, pg_home, providers, tmp_path, monkeypatch, **config_updates) -> Env:
+def build_template(pg_admin_url, name: str, home, provider_cache) -> None:
+    """The shared starting state, built by the real pipeline and real models into database ``name``:
+    documents (40 rows, legacy column filled by MiniLM), minilm active, minilm-256 fully embedded."""
+    cfg = template_config()
+    db = vector_database(pg_admin_url, name, home)
+    _build_state(db, cfg, Env(db, cfg, provider_cache, None).provider_for)
+
+
+def make_env(template: str, pg_admin_url, pg_home, provider_cache, tmp_path, monkeypatch, **config_updates) -> Env:
     """A fresh copy of the template database, the environment pointing at it, and its config file."""
-    tmpl, cfg = template
-    cfg = cfg.model_copy(update=config_updates)
+    cfg = template_config().model_copy(update=config_updates)
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(tmpl)))
+    create_database(pg_admin_url, name, template=template)
     url = url_with_database(pg_admin_url, name)
     monkeypatch.setenv("EMBEDDING_PIPELINE_DATABASE_URL", url)
     monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(pg_home / name))
     (pg_home / name).mkdir()
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True, exclude_none=True)))
-    env = Env(Database(url=url, embedded=False, home=pg_home / name), load_config(path), providers, path)
+    env = Env(Database(url=url, embedded=False, home=pg_home / name), load_config(path), provider_cache, path)
     env.dbname = name
     return env
-
-
-@pytest.fixture
-def make(template, pg_admin_url, pg_home, providers, tmp_path, monkeypatch):
-    """make(**config_updates) -> Env on a fresh copy of the template; the copies are dropped afterwards."""
-    made = []
-
-    def _make(**config_updates) -> Env:
-        made.append(make_env(template, pg_admin_url, pg_home, providers, tmp_path, monkeypatch, **config_updates))
-        return made[-1]
-    yield _make
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        for e in made:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(e.dbname)))
-
-
-@pytest.fixture
-def env(make) -> Env:
-    return make()
 
 
 def snapshot(env: Env):

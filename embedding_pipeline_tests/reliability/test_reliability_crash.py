@@ -39,8 +39,8 @@ from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import index_name, model_version, space_table_name
 from embedding_pipeline.spaces.source import inspect_source
-from embedding_pipeline_tests.reliability_report import record
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.reliability_report import record
+from embedding_pipeline_tests.support.sources import make_documents
 
 pytestmark = pytest.mark.reliability
 SPACE, ROWS, BATCH = "minilm-256", 200, 16
@@ -213,7 +213,7 @@ def fork_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def provider():
     from embedding_pipeline.config import load_config
-    from embedding_pipeline_tests.conftest import TEST_CONFIG
+    from embedding_pipeline_tests.support.configs import TEST_CONFIG
 
     p = build_provider(SPACE, load_config(TEST_CONFIG, env={}).space(SPACE))
     yield p

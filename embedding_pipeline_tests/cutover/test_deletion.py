@@ -10,15 +10,11 @@ from embedding_pipeline.cutover.deletion import delete_retired, delete_space
 from embedding_pipeline.cutover.switch import cutover, rollback
 from embedding_pipeline.errors import RefusedError
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.cutover_env import (  # noqa: F401  (fixtures)
+from embedding_pipeline_tests.support.cutover_env import (
     LEGACY,
     NEW,
     SOURCE,
-    env,
-    make,
-    providers,
     snapshot,
-    template,
 )
 
 TABLE = f"embedding_pipeline.{space_table_name(SOURCE, NEW)}"
