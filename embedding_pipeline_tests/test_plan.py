@@ -31,6 +31,7 @@ from embedding_pipeline.plan.model import (
     estimate_index_seconds,
 )
 from embedding_pipeline.read_path.install import ensure_read_path
+from embedding_pipeline_tests.support.configs import narrowed
 from embedding_pipeline_tests.support.sources import TOPICS, make_documents
 
 SPACE = "minilm-256"
@@ -100,7 +101,7 @@ def test_plan_before_the_target_exists_with_failed_gates(db, cfg):
     """Planning bge-m3 before its server is reachable: nothing built yet (pending), a blocked smoke and a
     failed eval are `failed`, not `pending`: the operator must act, not wait."""
     docs = cfg.sources["documents"]
-    cfg = cfg.model_copy(update={"sources": {"documents": docs.model_copy(update={"spaces": [*docs.spaces, "bge-m3"]})}})
+    cfg = narrowed(cfg, source={"spaces": [*docs.spaces, "bge-m3"]})
     result = run_smoke("bge-m3", cfg.space("bge-m3"), lambda n: pytest.fail("no provider for a blocked space"))
     with db.connect() as conn:
         ensure_smoke_tables(conn, cfg.project_schema)

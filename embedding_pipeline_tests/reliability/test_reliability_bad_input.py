@@ -12,21 +12,18 @@ from psycopg import sql
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.evaluation.beir import (
     import_beir_to_table,
     load_beir,
     load_eval_set,
     store_eval_set,
 )
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.read_path.ann import search_space
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.support.reliability_report import record
 from embedding_pipeline_tests.support.sources import make_documents
 
-pytestmark = pytest.mark.reliability
 NORMAL = 24
 LONG = ("Zażółć gęślą jaźń, a w Łodzi pada deszcz. " * 2500)[:100_000]
 # Rows PostgreSQL stores; (id, text, what the engine must do with it).
@@ -49,30 +46,13 @@ EXPECTED_ALTERED = {"truncated": 1}
 EMBEDDED = NORMAL + sum(1 for *_, what in CORPUS if not what.startswith("skipped"))
 
 
-@pytest.fixture(scope="module")
-def providers():
-    cache = {}
-    yield cache
-    for p in cache.values():
-        p.close()
-
-
 @pytest.fixture
-def corpus(db, config, providers):
-    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
-
-    def provider_for(name):
-        if name not in providers:
-            providers[name] = build_provider(name, cfg.space(name))
-        return providers[name]
-
-    with db.connect() as conn:
-        ensure_schema(conn, cfg.project_schema)
-        conn.commit()
-        make_documents(conn, NORMAL)
+def corpus(prepared_source):
+    """(cfg, provider_for): NORMAL documents plus the hostile CORPUS rows, both spaces registered."""
+    def hostile_rows(conn, ids):
         conn.cursor().executemany("INSERT INTO documents (id, content) VALUES (%s, %s)", [r[:2] for r in CORPUS])
-        conn.commit()
-        prepare_source(conn, cfg, "documents", provider_for, spaces=["minilm-256", "e5-small"])
+
+    cfg, provider_for, _ = prepared_source(["minilm-256", "e5-small"], NORMAL, seed=hostile_rows)
     return cfg, provider_for
 
 

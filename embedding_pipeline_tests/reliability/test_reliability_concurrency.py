@@ -17,7 +17,6 @@ import pytest
 from psycopg import sql
 
 from embedding_pipeline.cutover.switch import cutover
-from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import RunInProgress, reembed
 from embedding_pipeline.embeddings.setup import prepare_source
@@ -29,9 +28,8 @@ from embedding_pipeline.spaces.model import model_version, space_table_name
 from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.support.configs import TEST_CONFIG
 from embedding_pipeline_tests.support.reliability_report import record
-from embedding_pipeline_tests.support.sources import TOPICS, make_documents
+from embedding_pipeline_tests.support.sources import TOPICS
 
-pytestmark = pytest.mark.reliability
 SPACE, LEGACY, ROWS = "minilm-256", "minilm", 160
 QUERY = "how long should pasta boil in salted water"
 
@@ -50,14 +48,8 @@ def pool():
 
 
 @pytest.fixture
-def cfg(db, config, pool):
-    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
-    with db.connect() as conn:
-        ensure_schema(conn, cfg.project_schema)
-        conn.commit()
-        make_documents(conn, ROWS)
-        prepare_source(conn, cfg, "documents", lambda n: pool[LEGACY] if n == LEGACY else pool["a"], spaces=[SPACE])
-    return cfg
+def cfg(prepared_source):
+    return prepared_source([SPACE], ROWS).cfg
 
 
 class App:

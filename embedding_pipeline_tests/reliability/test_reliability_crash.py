@@ -32,17 +32,12 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.embeddings.setup import prepare_source
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import index_name, model_version, space_table_name
 from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.support.reliability_report import record
-from embedding_pipeline_tests.support.sources import make_documents
 
-pytestmark = pytest.mark.reliability
 SPACE, ROWS, BATCH = "minilm-256", 200, 16
 NBATCHES = -(-ROWS // BATCH)
 SEED = 20240611
@@ -211,13 +206,8 @@ def fork_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def provider():
-    from embedding_pipeline.config import load_config
-    from embedding_pipeline_tests.support.configs import TEST_CONFIG
-
-    p = build_provider(SPACE, load_config(TEST_CONFIG, env={}).space(SPACE))
-    yield p
-    p.close()
+def provider(provider_cache, packaged_config):
+    return provider_cache.get(packaged_config, SPACE)
 
 
 @pytest.fixture(scope="module")
@@ -234,14 +224,8 @@ def reference(provider):
 
 
 @pytest.fixture
-def source(db, config, provider):
-    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
-    with db.connect() as conn:
-        ensure_schema(conn, cfg.project_schema)
-        conn.commit()
-        make_documents(conn, ROWS)
-        prepare_source(conn, cfg, "documents", lambda name: provider, spaces=[SPACE])
-    return cfg
+def source(prepared_source):
+    return prepared_source([SPACE], ROWS).cfg
 
 
 def _poll(conn, query, params, timeout=60.0):

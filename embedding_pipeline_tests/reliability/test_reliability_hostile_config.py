@@ -22,7 +22,6 @@ from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ConfigError
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
@@ -30,7 +29,6 @@ from embedding_pipeline.spaces.validator import validate
 from embedding_pipeline_tests.support.reliability_report import record
 from embedding_pipeline_tests.support.sources import make_documents
 
-pytestmark = pytest.mark.reliability
 SPACE, LEGACY, ROWS = "minilm-256", "minilm", 30
 HOSTILE = {
     "schema": 'My "Schema"',
@@ -39,14 +37,6 @@ HOSTILE = {
     "text_column": 'Text"Col',
 }
 HOSTILE_PROJECT = 'ep "proj"; DROP TABLE x;--'
-
-
-@pytest.fixture(scope="module")
-def providers():
-    cache = {}
-    yield cache
-    for p in cache.values():
-        p.close()
 
 
 def _config(config, project_schema: str = HOSTILE_PROJECT, **source) -> PipelineConfig:
@@ -69,13 +59,9 @@ def _canaries(conn) -> dict:
 
 
 @pytest.fixture
-def hostile(db, config, providers):
+def hostile(db, config, provider_cache):
     cfg = _config(config)
-
-    def provider_for(name):
-        if name not in providers:
-            providers[name] = build_provider(name, cfg.space(name))
-        return providers[name]
+    provider_for = provider_cache.for_config(cfg)
 
     with db.connect() as conn:
         make_documents(conn, ROWS, **HOSTILE)

