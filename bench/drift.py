@@ -19,7 +19,7 @@ from psycopg import sql
 
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.spaces.model import hash_expr, model_version, space_table_name
-from embedding_pipeline_tests.bench.common import (
+from bench.common import (
     PRECOMPUTED,
     SOURCE,
     PrecomputedProvider,

@@ -1,9 +1,9 @@
 """Run the benchmarks and write ``bench/results.json`` and ``docs/benchmarks.md``.
 
-    python -m embedding_pipeline_tests.bench.run                 # everything (make bench)
-    python -m embedding_pipeline_tests.bench.run --quick         # small sizes, a smoke run
-    python -m embedding_pipeline_tests.bench.run --only write_vs_copy
-    python -m embedding_pipeline_tests.bench.run --only reembed_vs_encode --device cuda --rows 20000
+    python -m bench.run                 # everything (make bench)
+    python -m bench.run --quick         # small sizes, a smoke run
+    python -m bench.run --only write_vs_copy
+    python -m bench.run --only reembed_vs_encode --device cuda --rows 20000
 
 With ``--only`` the other keys already in the results file are kept, so a GPU run adds its
 ``gpu`` section to the CPU results. ``--quick`` writes under ``bench/work/quick/`` unless told
@@ -25,7 +25,7 @@ os.environ.setdefault("LC_ALL", "C.UTF-8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from embedding_pipeline_tests.bench.common import REPO, WORK, machine  # noqa: E402
+from bench.common import REPO, WORK, machine  # noqa: E402
 
 GOALS = {  # key: (comparison, goal)
     "reembed_vs_encode": (">=", 0.90),
@@ -63,7 +63,7 @@ def family_for(name: str) -> str:
 def run_family(fam: str, args, log) -> dict:
     q = args.quick
     if fam == "reembed_vs_encode":
-        from embedding_pipeline_tests.bench import encode
+        from bench import encode
 
         kw = dict(rows=args.rows or 200, repeats=1) if q else dict(rows=args.rows)
         out = encode.run(device=args.device, log=log, **kw)
@@ -71,21 +71,21 @@ def run_family(fam: str, args, log) -> dict:
             return {"gpu": {"available": True, **out}}
         return out
     if fam == "write_vs_copy":
-        from embedding_pipeline_tests.bench import write
+        from bench import write
 
         kw = dict(rows=3000, batch_sizes=(1000,), repeats=1, time_box=5, variant_time_box=2, raw_variant_rows=2000)
         return write.run(log=log, **(kw if q else {}))
     if fam == "scaling":
-        from embedding_pipeline_tests.bench import scaling
+        from bench import scaling
 
         kw = dict(sizes=(1000, 5000), incremental_size=5000, time_box=30) if q else {}
         return scaling.run(plot_path=args.doc.parent / "benchmarks_scaling.png", log=log, **kw)
     if fam == "drift_vs_groupby":
-        from embedding_pipeline_tests.bench import drift
+        from bench import drift
 
         return drift.run(log=log, **(dict(rows=5000, repeats=1) if q else {}))
     if fam == "peer_ratio":
-        from embedding_pipeline_tests.bench import peers
+        from bench import peers
 
         return peers.run(log=log, **(dict(rows=50) if q else {}))
     if fam == "gpu":
@@ -93,9 +93,9 @@ def run_family(fam: str, args, log) -> dict:
 
         if not torch.cuda.is_available():
             return {"gpu": {"available": False, "note": "no CUDA device on this machine; run "
-                            "`python -m embedding_pipeline_tests.bench.run --only reembed_vs_encode --device cuda "
+                            "`python -m bench.run --only reembed_vs_encode --device cuda "
                             "--rows 20000` on a GPU machine to fill this section"}}
-        from embedding_pipeline_tests.bench import encode
+        from bench import encode
 
         return {"gpu": {"available": True, **encode.run(device="cuda", rows=args.rows or 20_000, log=log)}}
     raise AssertionError(fam)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or (base / "results.json" if base else REPO / "bench" / "results.json")
     args.doc = args.doc or (base / "benchmarks.md" if base else REPO / "docs" / "benchmarks.md")
     if args.report_only:
-        from embedding_pipeline_tests.bench.report import write_report
+        from bench.report import write_report
 
         write_report(json.loads(args.out.read_text()), args.doc, GOALS)
         return 0
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     results["goals"] = {k: {"goal": f"{op} {g}", "met": met(k, results.get(k))} for k, (op, g) in GOALS.items()}
     results["machine"] = machine()
     results["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    results["command"] = ("python -m embedding_pipeline_tests.bench.run " + " ".join(
+    results["command"] = ("python -m bench.run " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))).strip()
     results.setdefault("invocations", []).append(
         {"command": results["command"], "date": results["date"], "families": fams,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_seconds"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-    from embedding_pipeline_tests.bench.report import write_report
+    from bench.report import write_report
 
     write_report(results, args.doc, GOALS)
     log(f"wrote {args.out} and {args.doc}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from embedding_pipeline.db.connection import url_with_database
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.providers import build_provider
-from embedding_pipeline_tests.bench.common import (
+from bench.common import (
     SOURCE,
     WORK,
     bench_config,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from embedding_pipeline_tests.bench.common import (
+from bench.common import (
     PRECOMPUTED,
     SOURCE,
     PrecomputedProvider,
@@ -111,7 +111,7 @@ def run(*, sizes=(10_000, 100_000, 1_000_000), incremental_size: int = 100_000, 
     cfg = bench_config()
     provider = PrecomputedProvider(PRECOMPUTED, cfg.space(PRECOMPUTED))
     d: dict = {"batch": BATCH, "time_box_s": time_box, "load_before": load(), "provider": "precomputed",
-               "idle_rss_mib": round(run_child("embedding_pipeline_tests.bench.scaling:child_idle", {})["peak_rss_kib"]
+               "idle_rss_mib": round(run_child("bench.scaling:child_idle", {})["peak_rss_kib"]
                                      / 1024, 1)}
     points, incremental = [], None
     with postgres("scaling") as db:
@@ -119,7 +119,7 @@ def run(*, sizes=(10_000, 100_000, 1_000_000), incremental_size: int = 100_000, 
             with db.connect() as conn:
                 prepare(conn, cfg, n, [PRECOMPUTED], lambda s: provider)
             _reset(db, cfg)
-            res = run_child("embedding_pipeline_tests.bench.scaling:child_pass",
+            res = run_child("bench.scaling:child_pass",
                             {"url": db.url, "batch": BATCH, "time_box": time_box})
             point = {"source_rows": n, **res, "peak_rss_mib": round(res["peak_rss_kib"] / 1024, 1)}
             points.append(point)
@@ -127,7 +127,7 @@ def run(*, sizes=(10_000, 100_000, 1_000_000), incremental_size: int = 100_000, 
             if n == incremental_size and not res["time_boxed"]:
                 with db.connect() as conn:
                     changed = touch_rows(conn, 0.01)
-                inc = run_child("embedding_pipeline_tests.bench.scaling:child_pass", {"url": db.url, "batch": BATCH})
+                inc = run_child("bench.scaling:child_pass", {"url": db.url, "batch": BATCH})
                 incremental = {"source_rows": n, "changed": changed, "full_seconds": res["seconds"],
                                "incremental_seconds": inc["seconds"], "incremental_rows": inc["rows"],
                                "ratio": round(inc["seconds"] / res["seconds"], 4)}

@@ -1,6 +1,6 @@
 """Runs one measured benchmark function in its own interpreter and prints its result with peak RSS.
 
-``python -m embedding_pipeline_tests.bench.child module:function '{"arg": 1}'``
+``python -m bench.child module:function '{"arg": 1}'``
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from embedding_pipeline.db.connection import (
 )
 from embedding_pipeline.providers.base import EmbeddingProvider
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SCIFACT = REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 WORK = REPO / "bench" / "work"  # git-ignored: peer venvs and scratch
 PRECOMPUTED = "precomputed-384"
@@ -247,7 +247,7 @@ def run_child(target: str, args: dict, timeout: float = 1800) -> dict:
 
     One process per measured run, so the peak belongs to that run alone.
     """
-    cmd = [sys.executable, "-m", "embedding_pipeline_tests.bench.child", target, json.dumps(args)]
+    cmd = [sys.executable, "-m", "bench.child", target, json.dumps(args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:

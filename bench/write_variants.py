@@ -25,7 +25,7 @@ import time
 from psycopg import sql
 
 from embedding_pipeline.spaces.model import model_version, space_table_name
-from embedding_pipeline_tests.bench.common import PRECOMPUTED, SOURCE
+from bench.common import PRECOMPUTED, SOURCE
 
 UPSERT = ("INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding, embedded_at) "
           "SELECT st.source_id, {mv}, st.content_sha256, st.embedding, now() FROM ep_stage st {where} {conflict}")

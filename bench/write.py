@@ -19,8 +19,8 @@ import numpy as np
 from psycopg import sql
 
 from embedding_pipeline.embeddings.reembed import _Writer
-from embedding_pipeline_tests.bench import write_variants
-from embedding_pipeline_tests.bench.common import (
+from bench import write_variants
+from bench.common import (
     PRECOMPUTED,
     PrecomputedProvider,
     bench_config,

@@ -22,7 +22,7 @@ from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.bindings import build_index
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.bench.common import (
+from bench.common import (
     SOURCE,
     bench_config,
     corpus_origin,
