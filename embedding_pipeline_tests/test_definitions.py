@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +82,19 @@ def test_definitions_match_snapshot():
         SNAPSHOT.write_text(text)
     assert json.loads(SNAPSHOT.read_text()) == shape, (
         f"the definitions differ from {SNAPSHOT.name}; if intended, rerun with EMBEDDING_PIPELINE_UPDATE_SNAPSHOT=1")
+
+
+@pytest.mark.slow
+def test_demo_materializes_through_the_code_location(db, prepared_source, monkeypatch, tmp_path):
+    """The demo's Dagster runs come from the CLI (the core never imports defs/): the code location's own
+    job and resources re-embed a partition on a Postgres-backed instance."""
+    from types import SimpleNamespace
+
+    from embedding_pipeline.cli.dev_commands import dagster_materialize
+
+    prepared_source(["minilm", "minilm-256"], 12)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("EMBEDDING_PIPELINE_DAGSTER_PG_URL", "")  # restored after the test; the demo sets both
+    result = dagster_materialize(SimpleNamespace(db=db))("documents", ["minilm-256"])
+    assert [m["space"] for m in result["materializations"]] == ["minilm-256"]
+    assert result["materializations"][0]["rows_embedded"] == 12 and result["run_id"]
