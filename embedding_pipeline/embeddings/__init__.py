@@ -1,1 +1,2 @@
-"""embeddings."""
+"""Writing vectors: source setup, the re-embed engine (which records each HNSW build it makes in
+``index_builds``), change capture and coverage counts."""
