@@ -132,16 +132,14 @@ def test_ann_recall_is_share_of_exact_top_k_found():
     assert ann_recall_at_k(["a"], [], 10) == 1.0
 
 
-def test_metrics_match_sentence_transformers_on_real_minilm_rankings(config):
+def test_metrics_match_sentence_transformers_on_real_minilm_rankings(provider_for):
     """Our means equal sentence-transformers' InformationRetrievalEvaluator on the same vectors."""
     from sentence_transformers.sentence_transformer.evaluation import (
         InformationRetrievalEvaluator,
     )
     from sentence_transformers.util import cos_sim
 
-    from embedding_pipeline.providers import build_provider
-
-    provider = build_provider("minilm", config.space("minilm"))
+    provider = provider_for("minilm")
     doc_ids, qids = list(CORPUS), list(QUERIES)
     dvec = provider.embed_documents([CORPUS[d] for d in doc_ids])
     qvec = provider.embed_queries([QUERIES[q] for q in qids])
