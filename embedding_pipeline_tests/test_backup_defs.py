@@ -6,7 +6,7 @@ import dagster as dg
 
 from embedding_pipeline.defs.backup.assets import CHECK, build
 from embedding_pipeline.defs.resources import PipelineResource
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.sources import make_documents
 
 
 def test_backup_asset_verifies_and_check_passes(db, config):

@@ -15,7 +15,7 @@ def test_quick_write_benchmark_writes_results_and_report(tmp_path):
     """`make bench` must keep producing results.json and the Markdown table the docs link to."""
     out, doc = tmp_path / "results.json", tmp_path / "benchmarks.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "embedding_pipeline_tests.bench.run", "--quick", "--only", "write_vs_copy",
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "write_vs_copy",
          "--out", str(out), "--doc", str(doc)],
         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "LC_ALL": "C.UTF-8"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -20,7 +20,6 @@ from embedding_pipeline.db.queue import (
     queue_stats,
     queue_stats_hook,
 )
-from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.embeddings.capture_sensor import build_capture
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.embeddings.capture import (
@@ -31,48 +30,23 @@ from embedding_pipeline.embeddings.capture import (
 )
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import DatabaseError
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
-from embedding_pipeline_tests.sources import TOPICS, make_documents
+from embedding_pipeline_tests.support.sources import TOPICS, make_documents
 
 SPACE = "minilm-256"
 
 
-@pytest.fixture(scope="module")
-def providers():
-    cache = {}
-    yield cache
-    for p in cache.values():
-        p.close()
-
-
-def _cfg(config, **source_changes):
-    src = config.sources["documents"].model_copy(update={"spaces": [SPACE], **source_changes})
-    return config.model_copy(update={"sources": {"documents": src}})
-
-
 @pytest.fixture
-def env(db, config, providers):
-    cfg = _cfg(config)
-
-    def provider_for(name, copy=""):
-        key = name + copy
-        if key not in providers:
-            providers[key] = build_provider(name, cfg.space(name))
-        return providers[key]
+def env(configure, provider_cache, prepared_source):
+    """(cfg, provider_for, make): documents built into minilm-256 only; make(n) creates and prepares n rows."""
+    cfg = configure(source={"spaces": [SPACE]})
 
     def make(n):
-        with db.connect() as conn:
-            ensure_schema(conn, cfg.project_schema)
-            conn.commit()
-            ids = make_documents(conn, n)
-            prepare_source(conn, cfg, "documents", provider_for, spaces=["minilm", SPACE])
-        return ids
+        return prepared_source(["minilm", SPACE], n, cfg=cfg).ids
 
-    return cfg, provider_for, make
+    return cfg, provider_cache.for_config(cfg), make
 
 
 def _counts(db, cfg):
@@ -224,8 +198,9 @@ def test_sensor_launches_the_incremental_job(db, env, config_path):
     sensor = defs.resolve_sensor_def("capture_sensor")
 
     def tick_with(cursor=None):
-        return sensor.evaluate_tick(dg.build_sensor_context(definitions=defs, resources={"pipeline": resource},
-                                                            cursor=cursor))
+        # A context manager: PipelineResource holds nested resources, which Dagster opens and closes.
+        with dg.build_sensor_context(definitions=defs, resources={"pipeline": resource}, cursor=cursor) as context:
+            return sensor.evaluate_tick(context)
 
     tick = tick_with()
     assert [r.partition_key for r in tick.run_requests] == ["documents"]
@@ -352,9 +327,9 @@ def test_cli_enable_status_disable(db, config_path, capsys):
     assert run_command(parser.parse_args(["capture", "enable"])) == 2
 
 
-def test_queue_lag_is_measured_and_checked(db, config):
+def test_queue_lag_is_measured_and_checked(db, configure):
     """Depth and the oldest entry's age reach the drift stats; a lag past max_queue_lag_seconds fails the check."""
-    cfg = _cfg(config)
+    cfg = configure(source={"spaces": [SPACE]})
     with db.connect() as conn:
         make_documents(conn, 4)
         assert queue_stats_hook(conn, cfg, "documents") is None  # no capture: the drift check passes

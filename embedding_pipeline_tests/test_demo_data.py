@@ -29,7 +29,6 @@ from embedding_pipeline.local.demo_data import (
     demo_qrels,
     seed_demo,
 )
-from embedding_pipeline.providers import build_provider
 
 N_DOCS, N_MSGS = 120, 80
 NANOID = re.compile(r"^[A-Za-z0-9_-]{21}$")
@@ -50,9 +49,9 @@ class CountingProvider:
 
 
 @pytest.fixture(scope="module")
-def minilm():
+def minilm(provider_cache):
     # env={} so an operator's EMBEDDING_MODEL_CONFIG__* cannot swap the legacy model under the test.
-    return build_provider("minilm", load_config(PACKAGED_CONFIG, env={}).space("minilm"))
+    return provider_cache.get(load_config(PACKAGED_CONFIG, env={}), "minilm")
 
 
 def _rows(conn, table: str, columns: str = "id, content, embedding", schema: str = "public") -> list[tuple]:

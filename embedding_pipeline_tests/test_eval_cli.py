@@ -17,10 +17,9 @@ from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.evaluation.beir import EvalSet, store_eval_set
 from embedding_pipeline.evaluation.metrics import HEADLINE, evaluate_run
-from embedding_pipeline.providers import build_provider
-from embedding_pipeline_tests.conftest import TEST_CONFIG
-from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.configs import TEST_CONFIG
+from embedding_pipeline_tests.support.sources import make_documents
+from embedding_pipeline_tests.support.tiny_labeled import CORPUS, QRELS, QUERIES
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def _eval(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_eval_prints_beir_metrics_equal_to_in_memory_search(db, dataset, capsys):
+def test_eval_prints_beir_metrics_equal_to_in_memory_search(db, dataset, capsys, provider_cache):
     """The JSON carries the BEIR headline metrics, and they match exact cosine search done in numpy."""
     code, out, err = _eval(capsys, "--dataset", str(dataset), "--space", "minilm-256", "--json")
     assert code == 0, err
@@ -58,7 +57,7 @@ def test_eval_prints_beir_metrics_equal_to_in_memory_search(db, dataset, capsys)
     assert (report["docs"], report["queries"], report["search"], report["space"]) == (40, 15, "exact", "minilm-256")
     assert report["reembed"]["embedded"] == 40
 
-    provider = build_provider("minilm-256", load_config(TEST_CONFIG).space("minilm-256"))
+    provider = provider_cache.get(load_config(TEST_CONFIG), "minilm-256")
     ids = sorted(CORPUS)
     dvec = provider.embed_documents([CORPUS[d] for d in ids]).astype(np.float64)
     qids = [q for q in QUERIES if q in QRELS and QRELS[q]]
@@ -108,10 +107,10 @@ def test_bad_arguments_exit_2_with_a_message(db, dataset, tmp_path, capsys):
     assert code == 2 and "missing not found" in err
 
 
-def test_shadow_eval_of_a_configured_source_exits_1_when_the_gate_fails(db, capsys):
+def test_shadow_eval_of_a_configured_source_exits_1_when_the_gate_fails(db, capsys, provider_cache):
     """`eval --source` stores a report like the asset; a half-built candidate fails the gate and exits 1."""
     cfg = load_config(TEST_CONFIG)
-    providers = {s: build_provider(s, cfg.space(s)) for s in ("minilm", "minilm-256")}
+    providers = {s: provider_cache.get(cfg, s) for s in ("minilm", "minilm-256")}
     with db.connect() as conn:
         make_documents(conn, 0)
         vectors = providers["minilm"].embed_documents(list(CORPUS.values()))

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from psycopg import sql
 
 from embedding_pipeline.errors import ConfigError
@@ -31,7 +30,12 @@ from embedding_pipeline.evaluation.metrics import (
     rank_correlation,
     recall_at_k,
 )
-from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
+from embedding_pipeline_tests.support.tiny_labeled import (
+    CORPUS,
+    QRELS,
+    QUERIES,
+    Precomputed,
+)
 
 L3 = math.log2(3)
 REL_AC = {"a": 1, "c": 1}
@@ -128,31 +132,14 @@ def test_ann_recall_is_share_of_exact_top_k_found():
     assert ann_recall_at_k(["a"], [], 10) == 1.0
 
 
-class _Precomputed:
-    """Stands in for a SentenceTransformer: hands the evaluator the vectors we ranked with."""
-
-    similarity_fn_name = "cosine"
-
-    def __init__(self, queries: dict[str, np.ndarray], docs: dict[str, np.ndarray]):
-        self.queries, self.docs = queries, docs
-
-    def encode_query(self, sentences, **kwargs):
-        return torch.from_numpy(np.stack([self.queries[s] for s in sentences]))
-
-    def encode_document(self, sentences, **kwargs):
-        return torch.from_numpy(np.stack([self.docs[s] for s in sentences]))
-
-
-def test_metrics_match_sentence_transformers_on_real_minilm_rankings(config):
+def test_metrics_match_sentence_transformers_on_real_minilm_rankings(provider_for):
     """Our means equal sentence-transformers' InformationRetrievalEvaluator on the same vectors."""
     from sentence_transformers.sentence_transformer.evaluation import (
         InformationRetrievalEvaluator,
     )
     from sentence_transformers.util import cos_sim
 
-    from embedding_pipeline.providers import build_provider
-
-    provider = build_provider("minilm", config.space("minilm"))
+    provider = provider_for("minilm")
     doc_ids, qids = list(CORPUS), list(QUERIES)
     dvec = provider.embed_documents([CORPUS[d] for d in doc_ids])
     qvec = provider.embed_queries([QUERIES[q] for q in qids])
@@ -173,7 +160,7 @@ def test_metrics_match_sentence_transformers_on_real_minilm_rankings(config):
         score_functions={"cosine": cos_sim},
         write_csv=False,
     )
-    model = _Precomputed(dict(zip(QUERIES.values(), qvec)), dict(zip(CORPUS.values(), dvec)))
+    model = Precomputed(dict(zip(QUERIES.values(), qvec)), dict(zip(CORPUS.values(), dvec)))
     theirs = evaluator.compute_all_metrics(model)["cosine"]
 
     assert ours["queries"] == len(evaluator.queries_ids) == 15

@@ -6,49 +6,29 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.capture import consume
 from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.embeddings.setup import prepare_source
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.read_path.lazy import FusedResult, fused_search
 from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.sources import make_documents
 
 OLD, NEW = "minilm", "minilm-256"
 QUERY = "how long should pasta boil on the stove"
 
 
-@pytest.fixture(scope="module")
-def providers():
-    cache = {}
-    yield cache
-    for p in cache.values():
-        p.close()
-
-
 @pytest.fixture
-def lazy(db, config, providers):
+def lazy(db, configure, provider_cache, prepared_source):
     """60 documents with real MiniLM vectors in the legacy column; the first 30 also in the MiniLM-256 table."""
-    src = config.sources["documents"].model_copy(update={"spaces": [NEW], "mode": "lazy"})
-    cfg = config.model_copy(update={"sources": {"documents": src}})
+    cfg = configure(source={"spaces": [NEW], "mode": "lazy"})
+    provider_for = provider_cache.for_config(cfg)
 
-    def provider_for(name):
-        if name not in providers:
-            providers[name] = build_provider(name, cfg.space(name))
-        return providers[name]
-
-    with db.connect() as conn:
-        ensure_schema(conn, cfg.project_schema)
-        conn.commit()
-        ids = make_documents(conn, 60)
+    def legacy_vectors(conn, ids):
         texts = [r[0] for r in conn.execute("SELECT content FROM documents ORDER BY id").fetchall()]
         vectors = provider_for(OLD).embed_documents(texts)
         with conn.cursor() as cur:
             cur.executemany("UPDATE documents SET embedding = %s WHERE id = %s", list(zip(vectors, ids)))
-        conn.commit()
-        prepare_source(conn, cfg, "documents", provider_for, spaces=[OLD, NEW])
+
+    ids = prepared_source([OLD, NEW], 60, cfg=cfg, seed=legacy_vectors).ids
     reembed(db, cfg, "documents", NEW, provider_for(NEW), ids=ids[:30], build_hnsw=False)
     return cfg, provider_for, ids
 

@@ -15,11 +15,9 @@ from embedding_pipeline.backup.run import take_backup
 from embedding_pipeline.cli import smoke_commands
 from embedding_pipeline.cli.common import run_command
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.cutover.plan_assets import build_plan as build_plan_defs
 from embedding_pipeline.defs.resources import PipelineResource
-from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.embeddings.setup import prepare_source
+from embedding_pipeline.embeddings.reembed import record_index_build, reembed
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.evaluation.smoke import (
     ensure_smoke_tables,
@@ -32,43 +30,29 @@ from embedding_pipeline.plan.model import (
     IndexBuild,
     estimate_index_seconds,
 )
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.read_path.install import ensure_read_path
-from embedding_pipeline_tests.sources import TOPICS, make_documents
+from embedding_pipeline_tests.support.configs import narrowed
+from embedding_pipeline_tests.support.sources import TOPICS, make_documents
 
 SPACE = "minilm-256"
 SECTIONS = ["## Checklist", "## Schema", "## Indexes", "## Write path", "## Read path", "## Cutover", "## Rollback",
             "## Deletion", "## Backup", "## Evidence"]
 
 
-@pytest.fixture(scope="module")
-def providers():
-    packaged = load_config()
-    cache = {name: build_provider(name, packaged.space(name)) for name in ("minilm", SPACE)}
-    yield cache
-    for p in cache.values():
-        p.close()
-
-
 @pytest.fixture
-def cfg(db, config, providers):
+def cfg(prepared_source, configure):
     """Only the documents source, set up: spaces registered, tables created, nothing embedded yet."""
-    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
-    with db.connect() as conn:
-        make_documents(conn, 40)
-        ensure_schema(conn, cfg.project_schema)
-        conn.commit()
-        prepare_source(conn, cfg, "documents", lambda n: providers.get(n) or build_provider(n, cfg.space(n)))
-    return cfg
+    cfg = configure()
+    return prepared_source([cfg.source("documents").legacy_space, *cfg.spaces_for("documents")], 40, cfg=cfg).cfg
 
 
 def states(plan) -> dict[str, str]:
     return {s.name: s.state for s in plan.sources[0].steps}
 
 
-def test_plan_renders_every_section_from_the_live_database(db, cfg, providers):
+def test_plan_renders_every_section_from_the_live_database(db, cfg, provider_for):
     """Each section the issue asks for is there, with the real DDL, index, view, drop-column and backup commands."""
-    reembed(db, cfg, "documents", SPACE, providers[SPACE])
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
     with db.connect() as conn:
         ensure_read_path(conn, cfg, "documents")
     plan = build_plan(db, cfg, SPACE)
@@ -79,7 +63,8 @@ def test_plan_renders_every_section_from_the_live_database(db, cfg, providers):
     assert "embedding vector(256) NOT NULL" in md and "CHECK (model_version = 'minilm-256@" in md
     assert ('USING hnsw ("embedding" vector_cosine_ops) WITH (m = 16, ef_construction = 64)' in md
             and "SET LOCAL maintenance_work_mem = '1GB'" in md)
-    assert REFERENCE_BUILD.label in md and "too small to extrapolate" not in md
+    # The 40-row build this re-embed recorded is too small to scale from: the reference is used, and said so.
+    assert REFERENCE_BUILD.label in md and "the measured builds (1) were below 10,000 rows" in md
     assert 'embedding_pipeline."documents_active_embedding"' in md and "serves `minilm` now" in md
     assert "embedding_pipeline.documents_search(vector,integer)" in md
     assert 'ALTER TABLE "public"."documents" DROP COLUMN "embedding";' in md
@@ -92,13 +77,13 @@ def test_plan_renders_every_section_from_the_live_database(db, cfg, providers):
     assert path.parent == db.home / "reports" / "plans" and path.read_text() == md
 
 
-def test_checklist_follows_the_real_state(db, cfg, providers):
+def test_checklist_follows_the_real_state(db, cfg, provider_for):
     """Steps flip from pending to done only when the database says so: coverage, index, smoke."""
     before = states(build_plan(db, cfg, SPACE))
     assert before["space registered"] == before["table created"] == "done"
     assert before["coverage 100%"] == before["index built"] == before["smoke passed"] == "pending"
-    reembed(db, cfg, "documents", SPACE, providers[SPACE])
-    result = run_smoke(SPACE, cfg.space(SPACE), lambda n: providers[n], calls=2)
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
+    result = run_smoke(SPACE, cfg.space(SPACE), provider_for, calls=2)
     with db.connect() as conn:
         ensure_smoke_tables(conn, cfg.project_schema)
         store_smoke(conn, cfg.project_schema, result)
@@ -116,7 +101,7 @@ def test_plan_before_the_target_exists_with_failed_gates(db, cfg):
     """Planning bge-m3 before its server is reachable: nothing built yet (pending), a blocked smoke and a
     failed eval are `failed`, not `pending`: the operator must act, not wait."""
     docs = cfg.sources["documents"]
-    cfg = cfg.model_copy(update={"sources": {"documents": docs.model_copy(update={"spaces": [*docs.spaces, "bge-m3"]})}})
+    cfg = narrowed(cfg, source={"spaces": [*docs.spaces, "bge-m3"]})
     result = run_smoke("bge-m3", cfg.space("bge-m3"), lambda n: pytest.fail("no provider for a blocked space"))
     with db.connect() as conn:
         ensure_smoke_tables(conn, cfg.project_schema)
@@ -133,9 +118,9 @@ def test_plan_before_the_target_exists_with_failed_gates(db, cfg):
     assert "candidate.ndcg@10 0.41" in plan.markdown
 
 
-def test_verified_backup_turns_the_step_done_and_shows_its_commands(db, cfg, providers):
+def test_verified_backup_turns_the_step_done_and_shows_its_commands(db, cfg, provider_for):
     """After a real verified backup of the gate's tables the step is done and its exact commands are shown."""
-    reembed(db, cfg, "documents", SPACE, providers[SPACE])
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
     take_backup(db, source="documents", cfg=cfg.backup,
                 tables=[TableRef("public", "documents"), TableRef(cfg.project_schema, "documents__minilm-256")])
     plan = build_plan(db, cfg, SPACE)
@@ -144,14 +129,14 @@ def test_verified_backup_turns_the_step_done_and_shows_its_commands(db, cfg, pro
     assert "public.documents (40 rows)" in plan.markdown
 
 
-def test_plan_cli_prints_no_secret_and_no_document_text(db, cfg, config_path, providers, monkeypatch, capsys):
+def test_plan_cli_prints_no_secret_and_no_document_text(db, cfg, config_path, provider_for, monkeypatch, capsys):
     """Passwords and API keys in the environment, and the documents' text, never reach the plan or its output."""
     secrets = {"DATABASE_URL": "postgresql://honcho:pg-s3cret-pw@db.internal:5432/honcho",
                "REDIS_URL": "redis://:redis-s3cret-pw@redis.internal:6379/0",
                "E5_API_KEY": "sk-e5-s3cret-key", "OPENAI_API_KEY": "sk-openai-s3cret-key"}
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
-    reembed(db, cfg, "documents", SPACE, providers[SPACE])
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
     smoke_commands.register(parser.add_subparsers(dest="command", required=True))
@@ -181,19 +166,20 @@ def test_estimate_scales_the_largest_usable_measurement():
     assert how.startswith(REFERENCE_BUILD.label) and "too small to extrapolate" in how
 
 
-def test_plan_asset_attaches_markdown_and_reads_measured_builds(db, cfg, config_path, providers):
-    """The plan asset writes the file and attaches it, scaling index time from builds the re-embed asset recorded."""
-    reembed(db, cfg, "documents", SPACE, providers[SPACE])
+def test_plan_asset_attaches_markdown_and_reads_measured_builds(db, cfg, config_path, provider_for):
+    """The plan asset writes the file and attaches it, scaling index time from the builds re-embed recorded."""
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE))
     with db.connect() as conn:
         make_documents(conn, 5, table="message_embeddings")
-    instance = dg.DagsterInstance.ephemeral()
-    for rows, seconds in [(40, 0.05), (20_000, 15.0)]:  # what the re-embed asset records when it builds an index
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            asset_key=dg.AssetKey(["embeddings", "minilm_256"]), partition="documents",
-            metadata={"index_built": True, "index_build_seconds": seconds, "rows_stored": rows}))
+        recorded = conn.execute(sql.SQL("SELECT source, space, rows, dims FROM {}.index_builds").format(
+            sql.Identifier(cfg.project_schema))).fetchall()
+        assert recorded == [("documents", SPACE, 40, 256)]  # the build this re-embed just did
+        for rows, seconds in [(40, 0.05), (20_000, 15.0)]:
+            record_index_build(conn, cfg.project_schema, "documents", SPACE, rows=rows, dims=256, seconds=seconds)
+        conn.commit()
     resource = PipelineResource(config_path=str(config_path))
     defs = dg.Definitions.merge(build_plan_defs(load_config(config_path)), dg.Definitions(resources={"pipeline": resource}))
-    result = dg.materialize([defs.resolve_assets_def(dg.AssetKey(["plan", "minilm_256"]))], instance=instance)
+    result = dg.materialize([defs.resolve_assets_def(dg.AssetKey(["plan", "minilm_256"]))])
     assert result.success
     md = result.asset_materializations_for_node("plan__minilm_256")[0].metadata
     text = md["plan"].value

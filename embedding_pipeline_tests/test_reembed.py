@@ -13,40 +13,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import RunInProgress, reembed
-from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ProviderError
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.sources import make_documents
 
 SPACE = "minilm-256"
 
 
-@pytest.fixture(scope="module")
-def providers():
-    cache = {}
-    yield cache
-    for p in cache.values():
-        p.close()
-
-
 @pytest.fixture
-def setup(db, config, providers):
-    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
-
-    def provider_for(name):
-        if name not in providers:
-            providers[name] = build_provider(name, cfg.space(name))
-        return providers[name]
-
-    with db.connect() as conn:
-        ensure_schema(conn, cfg.project_schema)
-        conn.commit()
-        ids = make_documents(conn, 80)
-        prepare_source(conn, cfg, "documents", provider_for, spaces=["minilm", SPACE])
-    return cfg, provider_for, ids
+def setup(prepared_source):
+    """(cfg, provider_for, ids): 80 documents, minilm and minilm-256 registered, nothing embedded."""
+    return prepared_source(["minilm", SPACE], 80)
 
 
 def _table(cfg):

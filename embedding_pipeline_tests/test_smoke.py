@@ -35,11 +35,9 @@ KEYS = {"space", "dims", "expected_dims", "p50_ms", "p95_ms", "batch_consistent"
 
 
 @pytest.fixture(scope="module")
-def minilm_256():
-    cfg = load_config().space("minilm-256")
-    provider = build_provider("minilm-256", cfg)
-    yield cfg, provider
-    provider.close()
+def minilm_256(provider_cache):
+    config = load_config()
+    return config.space("minilm-256"), provider_cache.get(config, "minilm-256")
 
 
 def cli(argv: list[str]) -> int:

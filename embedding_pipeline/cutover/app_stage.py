@@ -25,12 +25,12 @@ from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.bindings import binding
 from embedding_pipeline.spaces.columns import (
     WATERMARK_OVERLAP_S,
-    retrying,
-    set_lock_timeout,
     column_index_name,
     column_type,
     ensure_state,
     hnsw_index_on,
+    retrying,
+    set_lock_timeout,
     space_column,
     state_rows,
 )

@@ -1,7 +1,7 @@
 """The database underneath everything: connections, the embedded server, the project's own tables.
 
 ``connection`` (Database, URL handling, pgvector registration), ``embedded`` (the pip-installed
-PostgreSQL + pgvector), ``schema`` (registry, bindings, audit, alerts DDL), ``queue`` (change-capture
+PostgreSQL + pgvector), ``schema`` (registry, bindings, audit, alerts, index builds DDL), ``queue`` (change-capture
 queue and state tables), ``audit`` (the one audit-row writer).
 
 May import: ``config``, ``errors``. Nothing else of ours.

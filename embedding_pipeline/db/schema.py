@@ -1,4 +1,4 @@
-"""The project's own tables: the space registry, per-source bindings, audit and alerts.
+"""The project's own tables: the space registry, per-source bindings, audit, alerts and index builds.
 
 Everything lives in one schema (``project_schema`` in config, default ``embedding_pipeline``).
 DDL is idempotent and runs under an advisory lock so that several Dagster processes
@@ -95,6 +95,16 @@ _DDL = [
         message text NOT NULL,
         details jsonb NOT NULL DEFAULT '{{}}',
         delivered boolean NOT NULL DEFAULT false
+    )""",
+    # Every HNSW build of the re-embed engine: the migration plan scales its estimates from these.
+    """CREATE TABLE IF NOT EXISTS {s}.index_builds (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        source text NOT NULL,
+        space text NOT NULL,
+        rows bigint NOT NULL CHECK (rows >= 0),
+        dims integer NOT NULL CHECK (dims > 0),
+        seconds double precision NOT NULL CHECK (seconds >= 0)
     )""",
 ]
 

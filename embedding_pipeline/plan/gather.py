@@ -2,7 +2,8 @@
 
 ``build_plan`` reads (never writes) the catalog and the project's tables for every source the
 space is configured for: registry, binding, per-model table and its HNSW index, coverage, the
-read path, change-capture triggers, the latest smoke, eval, drift and verified backup. From that
+read path, change-capture triggers, the latest smoke, eval, drift and verified backup, and the
+HNSW builds the re-embed engine recorded (``index_builds``, for the index time estimate). From that
 state it derives a checklist (done / pending / failed per step) and ``plan_sections.render``
 turns it into Markdown: Schema, Indexes, Write path, Read path, Cutover, Rollback, Deletion,
 Backup, Evidence. The document holds DDL, commands and numbers only: no document text, no
@@ -233,9 +234,27 @@ def _eval_step(p: SourcePlan, space: str) -> Step:
     return Step("eval gate passed", PENDING, f"{what} has no gate decision (unlabeled); run a labeled eval")
 
 
+RECENT_INDEX_BUILDS = 200
+
+
+def measured_index_builds(conn: psycopg.Connection, schema: str) -> list[IndexBuild]:
+    """The newest HNSW builds the re-embed engine recorded in ``<schema>.index_builds``."""
+    if not table_exists(conn, schema, "index_builds"):
+        return []
+    rows = conn.execute(sql.SQL("SELECT source, space, rows, dims, seconds, at FROM {}.index_builds "
+                                "ORDER BY at DESC, id DESC LIMIT %s").format(sql.Identifier(schema)),
+                        (RECENT_INDEX_BUILDS,)).fetchall()
+    return [IndexBuild(int(n), int(dims), float(seconds),
+                       f"measured: {int(n):,} x {dims} took {float(seconds):.1f} s "
+                       f"(re-embed of {source} into {space}, {at.astimezone(UTC):%Y-%m-%d %H:%M} UTC)")
+            for source, space, n, dims, seconds, at in rows]
+
+
 def build_plan(db: Database, config: PipelineConfig, space: str, source: str | None = None, *,
                measured: list[IndexBuild] = (), now: datetime | None = None, provider_for=None) -> Plan:
     """Read the live state, derive the checklist and render the Markdown (not yet written).
+
+    Index build times are scaled from ``measured`` plus the builds recorded in ``index_builds``.
 
     ``provider_for(space)`` lends a local model's tokenizer to the cost estimate; remote spaces
     (and plans without it) count characters per token, so a plan never calls an endpoint."""
@@ -246,7 +265,8 @@ def build_plan(db: Database, config: PipelineConfig, space: str, source: str | N
         conn.read_only = True
         registered = _registered(conn, config.project_schema, space)
         smoke = latest_smoke(conn, config.project_schema, space)
-        states = [_source_state(conn, db, config, space, n, list(measured)) for n in names]
+        builds = [*measured, *measured_index_builds(conn, config.project_schema)]
+        states = [_source_state(conn, db, config, space, n, builds) for n in names]
         for p in states:
             table = config.space(space).on(p.source)
             if table_exists(conn, table.schema, table.name):

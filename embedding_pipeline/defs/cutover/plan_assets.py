@@ -3,8 +3,8 @@
 A materialization reads the live database (read-only) for every source the space is configured
 for and writes the Markdown plan (``plan.build_plan``) under ``<home>/reports/plans/``; the
 document is attached as Markdown metadata. Expected index build times are scaled from the HNSW
-builds the re-embed assets recorded in this Dagster instance when those are large enough to
-extrapolate, else from the reference rate; the plan says which.
+builds the re-embed engine recorded in the project's ``index_builds`` table when those are large
+enough to extrapolate, else from the reference rate; the plan says which.
 """
 
 
@@ -13,28 +13,7 @@ import dagster as dg
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.resources import PipelineResource, asset_name
 from embedding_pipeline.plan import gather as plan_lib
-from embedding_pipeline.plan.model import DONE, FAILED, PENDING, IndexBuild
-
-RECENT_MATERIALIZATIONS = 50
-
-
-def measured_index_builds(instance: dg.DagsterInstance, config: PipelineConfig) -> list[IndexBuild]:
-    """HNSW builds recorded by re-embed materializations (``index_built`` with its seconds)."""
-    builds = []
-    for space in sorted({s for src in config.sources for s in config.spaces_for(src)}):
-        key = dg.AssetKey(["embeddings", asset_name(space)])
-        records = instance.fetch_materializations(key, limit=RECENT_MATERIALIZATIONS).records
-        for record in records:
-            mat = record.asset_materialization
-            md = mat.metadata if mat else {}
-            built, seconds, rows = (md.get(k) for k in ("index_built", "index_build_seconds", "rows_stored"))
-            if not (built and built.value and seconds and rows):
-                continue
-            dims = config.space(space).dimensions
-            builds.append(IndexBuild(int(rows.value), dims, float(seconds.value),
-                                     f"measured: {int(rows.value):,} x {dims} took {float(seconds.value):.1f} s "
-                                     f"(re-embed of {mat.partition} into {space}, run {record.run_id[:8]})"))
-    return builds
+from embedding_pipeline.plan.model import DONE, FAILED, PENDING
 
 
 def _build_plan_asset(*, space: str) -> dg.AssetsDefinition:
@@ -49,8 +28,7 @@ def _build_plan_asset(*, space: str) -> dg.AssetsDefinition:
     def _asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         config = pipeline.config()
         db = pipeline.database()
-        plan = plan_lib.build_plan(db, config, space, measured=measured_index_builds(context.instance, config),
-                                   provider_for=pipeline.provider)
+        plan = plan_lib.build_plan(db, config, space, provider_for=pipeline.provider)
         path = plan_lib.write_plan(db, plan)
         states = [s.state for p in plan.sources for s in p.steps]
         context.log.info(f"plan for {space} written to {path}")
