@@ -24,8 +24,9 @@ LAYERS = [
     ["evaluation", "drift", "backup"],
     ["plan", "cutover"],
     ["local"],
-    ["defs", "cli"],
-    ["definitions"],
+    # The two thin layers and the code location; the CLI may load the code location (the demo's
+    # Dagster runs), never the other way round inside the core.
+    ["defs", "cli", "definitions"],
 ]
 
 
@@ -77,7 +78,8 @@ def test_no_module_imports_a_layer_above_it():
 def test_no_import_cycle():
     """No two modules reach each other, counting imports inside functions."""
     modules = _modules()
-    graph = {name: _imports(path) & set(modules) for name, path in modules.items()}
+    # A package's own name in ``from pkg import sub`` is not an edge to itself.
+    graph = {name: (_imports(path) & set(modules)) - {name} for name, path in modules.items()}
 
     def reach(start: str) -> set[str]:
         seen, todo = set(), list(graph[start])
@@ -88,5 +90,5 @@ def test_no_import_cycle():
                 todo.extend(graph[node])
         return seen
 
-    cycles = sorted(name for name in graph if name in reach(name) and not graph[name] <= {name})
+    cycles = sorted(name for name in graph if name in reach(name))
     assert cycles == []
