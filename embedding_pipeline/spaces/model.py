@@ -7,10 +7,8 @@ database itself refuses a vector from another space.
 ``PipelineConfig.space(name)`` resolves a name once into a ``Space``; callers pass that object
 down instead of the name. ``Space.on(source)`` gives the ``SpaceTable`` of that space for one
 source: its qualified name, index name, DDL and row query. This module is the one place that
-chooses the distance operators and the operator classes; the statements themselves (table and
-HNSW DDL, row query, content hash) are composed in ``spaces.queries``. It imports nothing of
-ours but that module (which imports nothing of ours), so that ``config`` can build these
-objects and every other package can receive them.
+writes the HNSW DDL, the distance operators and the operator classes. It imports nothing of
+ours, so that ``config`` can build these objects and every other package can receive them.
 """
 
 from __future__ import annotations
@@ -22,9 +20,6 @@ from functools import cached_property
 from typing import Any
 
 from psycopg import sql
-
-from embedding_pipeline.spaces import queries
-from embedding_pipeline.spaces.queries import hash_expr
 
 MAX_IDENT = 63
 
@@ -52,6 +47,11 @@ def space_table_name(source: str, space: str) -> str:
 
 def index_name(table: str) -> str:
     return f"{table[:57]}_hnsw"
+
+
+def hash_expr(fingerprint: str, content: sql.Composable) -> sql.Composed:
+    """content_sha256 computed by the database over the space fingerprint and the content."""
+    return sql.SQL("sha256(convert_to({} || {}, 'UTF8'))").format(sql.Literal(fingerprint + "\n"), content)
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,11 @@ class Space:
     def hnsw_ddl(self, table: sql.Identifier, index: str, column: str = "embedding", *,
                  concurrently: bool = False) -> sql.Composed:
         """The one HNSW DDL: this space's operator class and build parameters on ``table.column``."""
-        return queries.create_hnsw_index(table, index, column, self.opclass, self.cfg.index.m,
-                                         self.cfg.index.ef_construction, concurrently=concurrently)
+        return sql.SQL("CREATE INDEX {conc}IF NOT EXISTS {idx} ON {tbl} USING hnsw ({col} {ops}) "
+                       "WITH (m = {m}, ef_construction = {ef})").format(
+            conc=sql.SQL("CONCURRENTLY " if concurrently else ""), idx=sql.Identifier(index), tbl=table,
+            col=sql.Identifier(column), ops=sql.SQL(self.opclass), m=sql.Literal(self.cfg.index.m),
+            ef=sql.Literal(self.cfg.index.ef_construction))
 
     def vector_param(self, vector, storage_type: str | None = None):
         """A query vector typed for the column it is compared with."""
@@ -145,15 +148,30 @@ class SpaceTable:
 
     def ddl(self, id_type: str) -> sql.Composed:
         """CREATE TABLE; ``id_type`` is read from pg_catalog's format_type(), never from config."""
-        return queries.create_space_table(self.ident, id_type, f"{self.name[:50]}_version_ck",
-                                          self.space.model_version, self.space.storage_type, self.space.dimensions)
+        return sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {tbl} (\n"
+            "    source_id {id_type} NOT NULL,\n"
+            "    model_version text NOT NULL CONSTRAINT {ck} CHECK (model_version = {mv}),\n"
+            "    content_sha256 bytea NOT NULL,\n"
+            "    embedding {vtype}({dims}) NOT NULL,\n"
+            "    embedded_at timestamptz NOT NULL DEFAULT now(),\n"
+            # Covering primary key: drift counts (versions, coverage, stale, orphans) read the index
+            # alone, never the wide vector heap.
+            "    PRIMARY KEY (source_id) INCLUDE (model_version, content_sha256)\n"
+            ")"
+        ).format(tbl=self.ident, id_type=sql.SQL(id_type), ck=sql.Identifier(f"{self.name[:50]}_version_ck"),
+                 mv=sql.Literal(self.space.model_version), vtype=sql.SQL(self.space.storage_type),
+                 dims=sql.Literal(self.space.dimensions))
 
     def index_ddl(self) -> sql.Composed:
         return self.space.hnsw_ddl(self.ident, self.index_name)
 
     def rows(self, source) -> sql.Composed:
         """SELECT source_id, embedding, space, model_version of the source's eligible rows only."""
-        return queries.space_rows(self.ident, self.space.name, source.eligible_rows())
+        return sql.SQL(
+            "SELECT e.source_id, e.embedding, {space}::text AS space, e.model_version FROM {tbl} e "
+            "WHERE EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
+        ).format(tbl=self.ident, eligible=source.eligible_rows(), space=sql.Literal(self.space.name))
 
 
 STORAGE_TABLE, STORAGE_LEGACY = "table", "legacy_column"

@@ -1,16 +1,18 @@
-"""Every SQL statement of the spaces package, composed with ``psycopg.sql``.
+"""The SQL statements of the spaces package, composed with ``psycopg.sql``.
 
 Grouped by purpose: the registry (``spaces``, ``space_canaries``), the bindings (``bindings``,
-the per-source switch lock, HNSW builds), a source table's rows, and a space's own per-model
-table (DDL, HNSW index, rows, content hash). The other modules of the package execute these;
-``model`` and ``source`` delegate their SQL-returning methods here.
+the per-source switch lock, HNSW builds) and a source table's rows. ``bindings``, ``registry``
+and ``source`` execute these (``SourceTable`` delegates its row queries here).
+
+A space's own SQL stays with the space in ``model``: its per-model table DDL, the HNSW DDL, its
+row query and its content hash (``SpaceTable.ddl``, ``Space.hnsw_ddl``, ``SpaceTable.rows``,
+``hash_expr``). ``model`` is the bottom layer that ``config`` builds on and imports nothing of
+ours (``test_layers``), so it cannot compose through this module.
 
 Identifiers are always ``sql.Identifier``; values are query parameters (``%s``, ``%(name)s``,
 passed by the caller), except where PostgreSQL takes no parameter (DDL, ``SET``), where they
 are ``sql.Literal``. The operator's ``row_filter`` is the one piece of raw SQL: it is config,
 checked against the catalog by ``source.inspect_source`` before any other use.
-
-Imports nothing of ours, so that ``model`` (which ``config`` imports) can compose through it.
 """
 
 from __future__ import annotations
@@ -135,46 +137,3 @@ def legacy_rows(table: sql.Identifier, id_column: str, text_column: str, row_fil
         "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
     ).format(id=sql.Identifier(id_column), vec=sql.Identifier(column), tbl=table, filt=_row_filter(row_filter),
              text=sql.Identifier(text_column), space=sql.Literal(space), mv=sql.Literal(model_version))
-
-
-# ---------------------------------------------------------------- a space's per-model table
-
-
-def hash_expr(fingerprint: str, content: sql.Composable) -> sql.Composed:
-    """content_sha256 computed by the database over the space fingerprint and the content."""
-    return sql.SQL("sha256(convert_to({} || {}, 'UTF8'))").format(sql.Literal(fingerprint + "\n"), content)
-
-
-def create_space_table(table: sql.Identifier, id_type: str, check_name: str, model_version: str,
-                       storage_type: str, dimensions: int) -> sql.Composed:
-    """CREATE TABLE of a per-model table; ``id_type`` comes from pg_catalog's format_type(), never from config."""
-    return sql.SQL(
-        "CREATE TABLE IF NOT EXISTS {tbl} (\n"
-        "    source_id {id_type} NOT NULL,\n"
-        "    model_version text NOT NULL CONSTRAINT {ck} CHECK (model_version = {mv}),\n"
-        "    content_sha256 bytea NOT NULL,\n"
-        "    embedding {vtype}({dims}) NOT NULL,\n"
-        "    embedded_at timestamptz NOT NULL DEFAULT now(),\n"
-        # Covering primary key: drift counts (versions, coverage, stale, orphans) read the index
-        # alone, never the wide vector heap.
-        "    PRIMARY KEY (source_id) INCLUDE (model_version, content_sha256)\n"
-        ")"
-    ).format(tbl=table, id_type=sql.SQL(id_type), ck=sql.Identifier(check_name), mv=sql.Literal(model_version),
-             vtype=sql.SQL(storage_type), dims=sql.Literal(dimensions))
-
-
-def create_hnsw_index(table: sql.Identifier, index: str, column: str, opclass: str, m: int, ef_construction: int,
-                      *, concurrently: bool = False) -> sql.Composed:
-    """The one HNSW DDL: ``opclass`` and build parameters on ``table.column``."""
-    return sql.SQL("CREATE INDEX {conc}IF NOT EXISTS {idx} ON {tbl} USING hnsw ({col} {ops}) "
-                   "WITH (m = {m}, ef_construction = {ef})").format(
-        conc=sql.SQL("CONCURRENTLY " if concurrently else ""), idx=sql.Identifier(index), tbl=table,
-        col=sql.Identifier(column), ops=sql.SQL(opclass), m=sql.Literal(m), ef=sql.Literal(ef_construction))
-
-
-def space_rows(table: sql.Identifier, space: str, eligible: sql.Composable) -> sql.Composed:
-    """SELECT source_id, embedding, space, model_version of a per-model table's rows that are ``eligible``."""
-    return sql.SQL(
-        "SELECT e.source_id, e.embedding, {space}::text AS space, e.model_version FROM {tbl} e "
-        "WHERE EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
-    ).format(tbl=table, eligible=eligible, space=sql.Literal(space))
