@@ -15,7 +15,7 @@ from __future__ import annotations
 from psycopg import sql
 
 # The cutover lock (spaces.bindings.lock_key) is one statement, written where the bindings are.
-from embedding_pipeline.spaces.queries import lock_source as lock_source
+from embedding_pipeline.spaces.queries import lock_source  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------- catalog
 

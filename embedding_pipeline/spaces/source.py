@@ -15,7 +15,7 @@ from embedding_pipeline.config import SourceConfig
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.spaces import queries
-from embedding_pipeline.spaces.queries import HAS_TEXT as HAS_TEXT  # embeddings/ composes its own counts with it
+from embedding_pipeline.spaces.queries import HAS_TEXT  # noqa: F401 (re-exported for embeddings/)
 
 
 @dataclass(frozen=True)
