@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.drift import queries
 from embedding_pipeline.errors import EmbeddingPipelineError
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,8 @@ def webhook_url(config: PipelineConfig, env: dict[str, str] | None = None) -> st
 def record_alert(conn: psycopg.Connection, schema: str, *, source: str | None, space: str | None, check_name: str,
                  severity: str, message: str, details: dict | None = None) -> int:
     """Insert one alert row (in the caller's transaction); return its id."""
-    return conn.execute(sql.SQL(
-        "INSERT INTO {}.alerts (source, space, check_name, severity, message, details) "
-        "VALUES (%s,%s,%s,%s,%s,%s) RETURNING id").format(sql.Identifier(schema)),
+    return conn.execute(
+        queries.insert_alert(schema),
         (source, space, check_name, severity, message, json.dumps(details or {}, default=str))).fetchone()[0]
 
 
@@ -102,8 +101,7 @@ class Delivery:
 
 def pending_alerts(conn: psycopg.Connection, schema: str, limit: int = 100) -> list[dict]:
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    return cur.execute(sql.SQL("SELECT * FROM {}.alerts WHERE NOT delivered ORDER BY id LIMIT %s").format(
-        sql.Identifier(schema)), (limit,)).fetchall()
+    return cur.execute(queries.select_pending_alerts(schema), (limit,)).fetchall()
 
 
 def deliver_pending(conn: psycopg.Connection, schema: str, url: str | None, *, limit: int = 20,
@@ -114,12 +112,10 @@ def deliver_pending(conn: psycopg.Connection, schema: str, url: str | None, *, l
     The first failed POST ends the pass: a down webhook is not hammered once per alert.
     """
     report = Delivery()
-    s = sql.Identifier(schema)
     if url:
         with conn.transaction():
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-            rows = cur.execute(sql.SQL("SELECT * FROM {}.alerts WHERE NOT delivered ORDER BY id LIMIT %s "
-                                       "FOR UPDATE SKIP LOCKED").format(s), (limit,)).fetchall()
+            rows = cur.execute(queries.select_pending_alerts(schema, lock=True), (limit,)).fetchall()
             for row in rows:
                 try:
                     post_webhook(url, slack_payload(row), timeout=timeout)
@@ -130,8 +126,7 @@ def deliver_pending(conn: psycopg.Connection, schema: str, url: str | None, *, l
                     break
                 report.delivered.append(row["id"])
             if report.delivered:
-                conn.execute(sql.SQL("UPDATE {}.alerts SET delivered = true WHERE id = ANY(%s)").format(s),
-                             (report.delivered,))
-    report.pending = conn.execute(sql.SQL("SELECT count(*) FROM {}.alerts WHERE NOT delivered").format(s)).fetchone()[0]
+                conn.execute(queries.mark_delivered(schema), (report.delivered,))
+    report.pending = conn.execute(queries.count_pending_alerts(schema)).fetchone()[0]
     conn.commit()
     return report

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.drift import queries
 from embedding_pipeline.embeddings.coverage import SpaceCounts, space_counts
 from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.model import Binding
@@ -43,37 +43,6 @@ from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 CHECKED_STATUSES = ("active", "shadow")  # retired spaces are frozen for rollback: reported, not checked
 
-_DDL = [
-    "CREATE SCHEMA IF NOT EXISTS {s}",
-    """CREATE TABLE IF NOT EXISTS {s}.drift_history (
-        id bigserial PRIMARY KEY,
-        at timestamptz NOT NULL DEFAULT now(),
-        source text NOT NULL,
-        space text NOT NULL,
-        status text NOT NULL,
-        eligible bigint NOT NULL,
-        stored bigint NOT NULL,
-        stale bigint NOT NULL,
-        orphans bigint NOT NULL,
-        null_vectors bigint NOT NULL,
-        coverage double precision NOT NULL,
-        version_share double precision NOT NULL,
-        versions jsonb NOT NULL DEFAULT '{{}}',
-        declared_dims integer,
-        configured_dims integer NOT NULL,
-        queue_depth integer,
-        queue_lag_seconds double precision
-    )""",
-    "CREATE INDEX IF NOT EXISTS drift_history_source_at ON {s}.drift_history (source, at)",
-    """CREATE TABLE IF NOT EXISTS {s}.quality_baselines (
-        source text NOT NULL,
-        space text NOT NULL,
-        eval_set text NOT NULL,
-        ndcg_at_10 double precision NOT NULL,
-        at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (source, space, eval_set)
-    )""",
-]
 DRIFT_DDL_LOCK = 724_311_007
 
 
@@ -84,9 +53,9 @@ def ensure_drift_tables(conn: psycopg.Connection, schema: str) -> None:
     soon after, or other processes creating the tables wait for that commit.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (DRIFT_DDL_LOCK,))
-        for stmt in _DDL:
-            conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
+        conn.execute(queries.lock_ddl(), (DRIFT_DDL_LOCK,))
+        for stmt in queries.create_drift_tables(schema):
+            conn.execute(stmt)
 
 
 @dataclass
@@ -164,24 +133,17 @@ def collect(conn: psycopg.Connection, config: PipelineConfig, source: str, *,
 def _table_extras(conn, config: PipelineConfig, b: Binding, drift: SpaceDrift) -> None:
     expected = config.space(b.space).model_version
     rel = b.ident.as_string(conn)
-    row = conn.execute(
-        "SELECT a.attnotnull, EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c' "
-        "  AND k.convalidated AND position(quote_literal(%s::text) IN pg_get_constraintdef(k.oid)) > 0) "
-        "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
-        "WHERE c.oid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
-        (expected, rel, b.vector_column)).fetchone()
+    row = conn.execute(queries.select_vector_column_state(), (expected, rel, b.vector_column)).fetchone()
     if row is None:
         return  # the table is not created yet: counts already say 0 stored
     notnull, drift.version_pinned = row
     if not notnull:
-        drift.counts.null_vectors = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
-            b.ident, sql.Identifier(b.vector_column))).fetchone()[0]
+        drift.counts.null_vectors = conn.execute(queries.count_null_vectors(b.ident, b.vector_column)).fetchone()[0]
 
 
 def _wrong_dims(conn, src: SourceTable, column: str, dims: int) -> int:
     """A column declared without a dimension can mix models of different sizes: count the misfits."""
-    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {c} IS NOT NULL AND vector_dims({c}) <> {d}").format(
-        src.ident, c=sql.Identifier(column), d=sql.Literal(dims))).fetchone()[0]
+    return conn.execute(queries.count_wrong_dims(src.ident, column, dims)).fetchone()[0]
 
 
 def record(conn: psycopg.Connection, schema: str, drifts: list[SpaceDrift], at: datetime | None = None) -> int:
@@ -191,20 +153,14 @@ def record(conn: psycopg.Connection, schema: str, drifts: list[SpaceDrift], at: 
              d.counts.declared_dims, d.counts.configured_dims, d.queue_depth, d.queue_lag_seconds) for d in drifts]
     if rows:
         with conn.cursor() as cur:
-            cur.executemany(sql.SQL(
-                "INSERT INTO {}.drift_history (at, source, space, status, eligible, stored, stale, orphans, "
-                "null_vectors, coverage, version_share, versions, declared_dims, configured_dims, queue_depth, "
-                "queue_lag_seconds) VALUES (coalesce(%s, now()), %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-            ).format(sql.Identifier(schema)), [(at, *r) for r in rows])
+            cur.executemany(queries.insert_history(schema), [(at, *r) for r in rows])
     return len(rows)
 
 
 def history(conn: psycopg.Connection, schema: str, source: str, limit: int = 2000) -> list[dict]:
     """The latest ``limit`` drift_history rows of a source, oldest first."""
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    rows = cur.execute(sql.SQL(
-        "SELECT * FROM (SELECT * FROM {}.drift_history WHERE source = %s ORDER BY at DESC, id DESC LIMIT %s) h "
-        "ORDER BY at, id").format(sql.Identifier(schema)), (source, limit)).fetchall()
+    rows = cur.execute(queries.select_history(schema), (source, limit)).fetchall()
     return rows
 
 
@@ -220,13 +176,10 @@ def quality_regression(conn: psycopg.Connection, config: PipelineConfig, source:
     ensure_drift_tables(conn, config.project_schema)
     margin = config.eval.regression_margin
     with conn.transaction():
-        inserted = conn.execute(sql.SQL(
-            "INSERT INTO {}.quality_baselines (source, space, eval_set, ndcg_at_10) VALUES (%s,%s,%s,%s) "
-            "ON CONFLICT (source, space, eval_set) DO NOTHING RETURNING ndcg_at_10").format(
-                sql.Identifier(config.project_schema)), (source, space, eval_set, float(ndcg_now))).fetchone()
-        baseline = inserted[0] if inserted else conn.execute(sql.SQL(
-            "SELECT ndcg_at_10 FROM {}.quality_baselines WHERE source = %s AND space = %s AND eval_set = %s").format(
-                sql.Identifier(config.project_schema)), (source, space, eval_set)).fetchone()[0]
+        inserted = conn.execute(queries.insert_baseline(config.project_schema),
+                                (source, space, eval_set, float(ndcg_now))).fetchone()
+        baseline = inserted[0] if inserted else conn.execute(queries.select_baseline(config.project_schema),
+                                                             (source, space, eval_set)).fetchone()[0]
     drop = baseline - float(ndcg_now)
     # A tolerance of 1e-12 keeps "exactly the margin" on the passing side despite float rounding.
     return {"source": source, "space": space, "eval_set": eval_set, "ndcg_at_10": float(ndcg_now),

@@ -23,6 +23,7 @@ from psycopg import sql
 
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
+from embedding_pipeline.evaluation import queries as statements
 from embedding_pipeline.providers.base import clean_text
 
 EVAL_DDL_LOCK = 724_311_002  # pg_advisory_xact_lock key for the eval tables' DDL
@@ -145,63 +146,28 @@ def import_beir_to_table(conn: psycopg.Connection, dataset: BeirDataset, schema:
     target = sql.Identifier(schema, table)
     staging = sql.Identifier(f"_beir_import_{table}"[:63])
     with conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, content text)").format(target))
+        conn.execute(statements.create_schema(schema))
+        conn.execute(statements.create_corpus_table(target))
         cols = column_types(conn, schema, table)
         if cols.get("id") != "text" or cols.get("content") != "text":
             raise DatabaseError(f"{schema}.{table} exists but lacks text columns id and content; pick another table")
-        conn.execute(sql.SQL("CREATE TEMP TABLE {} (id text, content text) ON COMMIT DROP").format(staging))
-        with conn.cursor().copy(sql.SQL("COPY {} (id, content) FROM STDIN").format(staging)) as copy:
+        conn.execute(statements.create_staging(staging))
+        with conn.cursor().copy(statements.copy_into_staging(staging)) as copy:
             for doc_id, text in dataset.corpus.items():
                 # PostgreSQL text holds neither NUL nor lone surrogates (legal as JSON escapes): cleaned as the embedders clean.
                 copy.write_row((doc_id, clean_text(text)[0]))
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {t} (id, content) SELECT id, content FROM {s} "
-                "ON CONFLICT (id) DO UPDATE SET content = EXCLUDED.content "
-                "WHERE {t}.content IS DISTINCT FROM EXCLUDED.content"
-            ).format(t=target, s=staging)
-        )
-        conn.execute(
-            sql.SQL("DELETE FROM {t} t WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.id = t.id)").format(
-                t=target, s=staging
-            )
-        )
-        conn.execute(sql.SQL("DROP TABLE {}").format(staging))
-        return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()[0]
-
-
-_EVAL_DDL = [
-    "CREATE SCHEMA IF NOT EXISTS {s}",
-    """CREATE TABLE IF NOT EXISTS {s}.eval_sets (
-        name text PRIMARY KEY,
-        source text NOT NULL,
-        kind text NOT NULL CHECK (kind IN ('labeled', 'unlabeled')),
-        created_at timestamptz NOT NULL DEFAULT now()
-    )""",
-    """CREATE TABLE IF NOT EXISTS {s}.eval_queries (
-        set_name text NOT NULL REFERENCES {s}.eval_sets(name) ON DELETE CASCADE,
-        query_id text NOT NULL,
-        text text NOT NULL,
-        PRIMARY KEY (set_name, query_id)
-    )""",
-    """CREATE TABLE IF NOT EXISTS {s}.eval_qrels (
-        set_name text NOT NULL,
-        query_id text NOT NULL,
-        doc_id text NOT NULL,
-        grade integer NOT NULL,
-        PRIMARY KEY (set_name, query_id, doc_id),
-        FOREIGN KEY (set_name, query_id) REFERENCES {s}.eval_queries(set_name, query_id) ON DELETE CASCADE
-    )""",
-]
+        conn.execute(statements.upsert_from_staging(target, staging))
+        conn.execute(statements.delete_missing_from_staging(target, staging))
+        conn.execute(statements.drop_table(staging))
+        return conn.execute(statements.count_rows(target)).fetchone()[0]
 
 
 def ensure_eval_tables(conn: psycopg.Connection, project_schema: str) -> None:
     """Create the eval tables if missing (idempotent; serialised so concurrent starts do not race)."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVAL_DDL_LOCK,))
-        for stmt in _EVAL_DDL:
-            conn.execute(sql.SQL(stmt).format(s=sql.Identifier(project_schema)))
+        conn.execute(statements.lock_ddl(), (EVAL_DDL_LOCK,))
+        for stmt in statements.create_eval_tables(project_schema):
+            conn.execute(stmt)
 
 
 def store_eval_set(
@@ -230,18 +196,15 @@ def store_eval_set(
         raise ConfigError(f"eval set {name!r}: qrels name {len(stray)} query id(s) without text, e.g. {stray[0]!r}")
     kind = "labeled" if qrels else "unlabeled"
     ensure_eval_tables(conn, project_schema)
-    s = sql.Identifier(project_schema)
     with conn.transaction():
         # Replacing cascades to the old queries and qrels, so a re-import never mixes versions.
-        conn.execute(sql.SQL("DELETE FROM {}.eval_sets WHERE name = %s").format(s), (name,))
-        conn.execute(
-            sql.SQL("INSERT INTO {}.eval_sets (name, source, kind) VALUES (%s, %s, %s)").format(s), (name, origin, kind)
-        )
+        conn.execute(statements.delete_eval_set(project_schema), (name,))
+        conn.execute(statements.insert_eval_set(project_schema), (name, origin, kind))
         cur = conn.cursor()
-        with cur.copy(sql.SQL("COPY {}.eval_queries (set_name, query_id, text) FROM STDIN").format(s)) as copy:
+        with cur.copy(statements.copy_eval_queries(project_schema)) as copy:
             for qid, text in queries.items():
                 copy.write_row((name, str(qid), clean_text(str(text))[0]))
-        with cur.copy(sql.SQL("COPY {}.eval_qrels (set_name, query_id, doc_id, grade) FROM STDIN").format(s)) as copy:
+        with cur.copy(statements.copy_eval_qrels(project_schema)) as copy:
             for qid, judged in qrels.items():
                 for doc_id, grade in judged.items():
                     copy.write_row((name, str(qid), str(doc_id), int(grade)))
@@ -250,22 +213,14 @@ def store_eval_set(
 
 
 def load_eval_set(conn: psycopg.Connection, project_schema: str, name: str) -> EvalSet:
-    s = sql.Identifier(project_schema)
     row = None
     if table_exists(conn, project_schema, "eval_sets"):
-        row = conn.execute(sql.SQL("SELECT source, kind FROM {}.eval_sets WHERE name = %s").format(s), (name,)).fetchone()
+        row = conn.execute(statements.select_eval_set(project_schema), (name,)).fetchone()
     if row is None:
         raise ConfigError(f"eval set {name!r} not found in {project_schema}.eval_sets; store it first")
-    queries = dict(
-        conn.execute(
-            sql.SQL("SELECT query_id, text FROM {}.eval_queries WHERE set_name = %s ORDER BY query_id").format(s), (name,)
-        ).fetchall()
-    )
+    queries = dict(conn.execute(statements.select_eval_queries(project_schema), (name,)).fetchall())
     qrels: dict[str, dict[str, int]] = {}
-    for qid, doc_id, grade in conn.execute(
-        sql.SQL("SELECT query_id, doc_id, grade FROM {}.eval_qrels WHERE set_name = %s ORDER BY query_id, doc_id").format(s),
-        (name,),
-    ):
+    for qid, doc_id, grade in conn.execute(statements.select_eval_qrels(project_schema), (name,)):
         qrels.setdefault(qid, {})[doc_id] = grade
     return EvalSet(name=name, source=row[0], kind=row[1], queries=queries, qrels=qrels)
 
@@ -296,16 +251,8 @@ def sample_unlabeled_from_source(
     """
     if n < 1:
         raise ValueError("n must be >= 1")
-    t, idc, txt = sql.Identifier(schema, table), sql.Identifier(id_column), sql.Identifier(text_column)
-    where = sql.SQL("{txt} IS NOT NULL AND btrim({txt}) <> ''").format(txt=txt)
-    if row_filter:
-        where = sql.SQL("({}) AND ({})").format(where, sql.SQL(row_filter))
-    rows = conn.execute(
-        sql.SQL("SELECT {i}::text, {txt} FROM {t} WHERE {w} ORDER BY md5(%s || {i}::text), {i}::text LIMIT %s").format(
-            i=idc, txt=txt, t=t, w=where
-        ),
-        (str(seed), n),
-    ).fetchall()
+    rows = conn.execute(statements.sample_rows(sql.Identifier(schema, table), id_column, text_column, row_filter),
+                        (str(seed), n)).fetchall()
     out = {}
     for doc_id, text in rows:
         query = query_from_text(text)

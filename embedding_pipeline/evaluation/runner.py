@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
 import numpy as np
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from embedding_pipeline.config import PipelineConfig
@@ -32,6 +31,7 @@ from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.errors import ConfigError
+from embedding_pipeline.evaluation import queries as statements
 from embedding_pipeline.evaluation.beir import (
     EvalSet,
     ensure_eval_tables,
@@ -142,8 +142,8 @@ def _known_item(conn, source: SourceTable, eval_set: EvalSet) -> bool:
     """Whether every query id is an eligible row of the source (a set sampled from it)."""
     if eval_set.kind != "unlabeled" or eval_set.source != source.name or not eval_set.queries:
         return False
-    found = conn.execute(sql.SQL("SELECT count(*) FROM ({}) s WHERE s.id::text = ANY(%s)").format(
-        source.eligible_rows()), (list(eval_set.queries),)).fetchone()[0]
+    found = conn.execute(statements.count_eligible_ids(source.eligible_rows()),
+                         (list(eval_set.queries),)).fetchone()[0]
     return found == len(eval_set.queries)
 
 
@@ -153,10 +153,8 @@ def pick_eval_set(conn, config: PipelineConfig, source: str, *, n: int = SAMPLE_
     schema = config.project_schema
     ensure_eval_tables(conn, schema)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"eval-set:{source}",))
-        row = conn.execute(sql.SQL(
-            "SELECT name FROM {}.eval_sets WHERE source = %s ORDER BY kind = 'labeled' DESC, created_at DESC, name "
-            "LIMIT 1").format(sql.Identifier(schema)), (source,)).fetchone()
+        conn.execute(statements.lock_eval_set(), (f"eval-set:{source}",))
+        row = conn.execute(statements.select_newest_eval_set(schema), (source,)).fetchone()
         if row:
             return load_eval_set(conn, schema, row[0])
         c = config.source(source)
@@ -170,17 +168,13 @@ def pick_eval_set(conn, config: PipelineConfig, source: str, *, n: int = SAMPLE_
 
 def labeled_set_name(conn, schema: str, source: str) -> str | None:
     ensure_eval_tables(conn, schema)
-    row = conn.execute(sql.SQL(
-        "SELECT name FROM {}.eval_sets WHERE source = %s AND kind = 'labeled' ORDER BY created_at DESC, name LIMIT 1"
-    ).format(sql.Identifier(schema)), (source,)).fetchone()
+    row = conn.execute(statements.select_newest_eval_set(schema, labeled_only=True), (source,)).fetchone()
     return row[0] if row else None
 
 
 def _store(conn, schema: str, *, source, eval_set, kind, active, candidate, metrics, passed, tolerance, path) -> int:
-    return conn.execute(sql.SQL(
-        "INSERT INTO {}.eval_reports (source, eval_set, kind, active_space, candidate_space, metrics, gate_passed, "
-        "tolerance, report_path) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
-    ).format(sql.Identifier(schema)),
+    return conn.execute(
+        statements.insert_report(schema),
         (source, eval_set, kind, active, candidate, Jsonb(metrics), passed, tolerance, str(path))).fetchone()[0]
 
 

@@ -2,7 +2,7 @@
 
 A space is searched only in its own storage: the per-model table
 ``<project_schema>.<space_table_name(source, space)>`` joined to the source's eligible rows, or,
-for the adopted legacy space, the source table's legacy column. ``search_sql`` composes exactly
+for the adopted legacy space, the source table's legacy column. ``queries.search_batch`` composes exactly
 one of the two, so a query can never read another space's vectors; results of two spaces are
 compared by ids and ranks only, since scores of two models live on different scales.
 
@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
+from embedding_pipeline.evaluation import queries as statements
 from embedding_pipeline.spaces.bindings import has_index
 from embedding_pipeline.spaces.columns import bound_legacy_column
-from embedding_pipeline.spaces.model import DISTANCE
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 MODES = ("exact", "hnsw")
@@ -57,13 +56,7 @@ class SearchTarget:
 
 def _legacy_hnsw(conn, schema: str, table: str, column: str) -> bool:
     """Whether the operator's table has any HNSW index on the legacy vector column."""
-    return conn.execute(
-        "SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam "
-        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-        "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "WHERE am.amname = 'hnsw' AND n.nspname = %s AND t.relname = %s AND a.attname = %s",
-        (schema, table, column),
-    ).fetchone() is not None
+    return conn.execute(statements.select_legacy_hnsw(), (schema, table, column)).fetchone() is not None
 
 
 def search_target(conn: psycopg.Connection, config: PipelineConfig, source: str | SourceTable,
@@ -86,53 +79,6 @@ def search_target(conn: psycopg.Connection, config: PipelineConfig, source: str 
                         cfg.index.ef_search, has_index(conn, table))
 
 
-def stored_rows(target: SearchTarget) -> sql.Composed:
-    """``SELECT id, embedding`` of every vector stored for this space, eligible or not."""
-    c = target.source.cfg
-    if target.storage == "legacy_column":
-        return sql.SQL("SELECT t.{id} AS id, t.{vec} AS embedding FROM {tbl} t WHERE t.{vec} IS NOT NULL").format(
-            id=sql.Identifier(c.id_column), vec=sql.Identifier(target.vector_column), tbl=target.source.ident)
-    return sql.SQL("SELECT e.source_id AS id, e.embedding FROM {tbl} e").format(
-        tbl=sql.Identifier(target.schema, target.table))
-
-
-def candidate_rows(target: SearchTarget) -> sql.Composed:
-    """``SELECT id, embedding`` of the eligible rows that have a vector in this space, and nothing else."""
-    # EXISTS, not JOIN: the planner keeps the HNSW index order of the stored rows under a semi-join.
-    return sql.SQL("SELECT a.id, a.embedding FROM ({stored}) a WHERE EXISTS (SELECT 1 FROM ({eligible}) s "
-                   "WHERE s.id = a.id)").format(stored=stored_rows(target), eligible=target.source.eligible_rows())
-
-
-def excluded_sql(target: SearchTarget) -> sql.Composed:
-    """Ids with a stored vector whose source row is no longer eligible (deleted, filtered, blank)."""
-    return sql.SQL("SELECT a.id::text FROM ({stored}) a WHERE NOT EXISTS (SELECT 1 FROM ({eligible}) s "
-                   "WHERE s.id = a.id)").format(stored=stored_rows(target), eligible=target.source.eligible_rows())
-
-
-def search_sql(target: SearchTarget, mode: str) -> sql.Composed:
-    """One statement: for each query vector (parameter ``qv``), the ids of its top ``k`` rows.
-
-    Exact mode scans the stored vectors directly (a semi-join per query would rebuild its hash
-    300 times); the caller asks for ``k`` plus the number of excluded ids and drops those.
-    Ties on distance break by id, so two runs (and numpy) rank identically.
-    """
-    if mode not in MODES:
-        raise ConfigError(f"search mode {mode!r} is not one of {MODES}")
-    op, qtype = sql.SQL(DISTANCE[target.ops]), sql.SQL(target.vector_type)
-    if mode == "exact":
-        inner = sql.SQL("SELECT c.id, c.embedding {op} q.v AS dist FROM ({rows}) c ORDER BY dist, c.id LIMIT %(k)s")
-        rows, order = stored_rows(target), sql.SQL("t.dist, t.id")
-    else:
-        inner = sql.SQL("SELECT c.id, c.embedding {op} q.v AS dist FROM ({rows}) c ORDER BY c.embedding {op} q.v "
-                        "LIMIT %(k)s")
-        rows, order = candidate_rows(target), sql.SQL("t.dist")
-    return sql.SQL(
-        "SELECT q.ord, r.ids FROM unnest(%(qv)s::{qt}[]) WITH ORDINALITY AS q(v, ord) "
-        "CROSS JOIN LATERAL (SELECT array_agg(t.id::text ORDER BY {order}) AS ids FROM ({inner}) t) r "
-        "ORDER BY q.ord"
-    ).format(qt=qtype, order=order, inner=inner.format(op=op, rows=rows))
-
-
 def _session_settings(conn, target: SearchTarget, mode: str) -> list[str]:
     """Transaction-local planner settings for the mode; returns their names for restoring."""
     if mode == "exact":
@@ -140,12 +86,12 @@ def _session_settings(conn, target: SearchTarget, mode: str) -> list[str]:
     else:
         # Measure the index itself: on a small table the planner would otherwise sort exactly.
         settings = {"enable_seqscan": "off", "hnsw.ef_search": str(target.ef_search)}
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        version = conn.execute(statements.select_pgvector_version()).fetchone()[0]
         if tuple(int(p) for p in version.split(".")[:2]) >= (0, 8):
             # Rows the eligibility filter drops are replaced by further index candidates, in order.
             settings["hnsw.iterative_scan"] = "strict_order"
     for name, value in settings.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+        conn.execute(statements.set_local(), (name, value))
     return list(settings)
 
 
@@ -173,7 +119,9 @@ def search_target_batch(conn: psycopg.Connection, target: SearchTarget, query_ve
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     query_vectors = np.asarray(query_vectors, dtype=np.float32)
-    stmt = search_sql(target, mode)
+    if mode not in MODES:
+        raise ConfigError(f"search mode {mode!r} is not one of {MODES}")
+    stmt = statements.search_batch(target, mode)
     out: list[list[str]] = []
     if not len(query_vectors):
         return out
@@ -181,7 +129,7 @@ def search_target_batch(conn: psycopg.Connection, target: SearchTarget, query_ve
         changed = _session_settings(conn, target, mode)
         excluded: set[str] = set()
         if mode == "exact":
-            excluded = {r[0] for r in conn.execute(excluded_sql(target)).fetchall()}
+            excluded = {r[0] for r in conn.execute(statements.excluded_ids(target)).fetchall()}
         for start in range(0, len(query_vectors), BATCH):
             chunk = query_vectors[start:start + BATCH]
             try:
@@ -192,7 +140,7 @@ def search_target_batch(conn: psycopg.Connection, target: SearchTarget, query_ve
             out.extend([i for i in (ids or []) if i not in excluded][:k] for _, ids in rows)
         # When the caller had a transaction open, SET LOCAL would outlive this search.
         for name in changed:
-            conn.execute(sql.SQL("SET LOCAL {} TO DEFAULT").format(sql.Identifier(*name.split("."))))
+            conn.execute(statements.reset_local(name))
     return out
 
 

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.errors import ConfigError, ProviderError
+from embedding_pipeline.evaluation import queries as statements
 from embedding_pipeline.evaluation.sentinels import sentinel_languages, sentinel_texts
 from embedding_pipeline.providers.base import cosine
 from embedding_pipeline.providers.endpoint import classify
@@ -151,29 +152,24 @@ def summary(result: dict) -> str:
 
 def ensure_smoke_tables(conn: psycopg.Connection, schema: str) -> None:
     """Create ``<schema>.smoke_results`` (latest result per space) if missing; idempotent, serialised."""
-    s = sql.Identifier(schema)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SMOKE_DDL_LOCK,))
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.smoke_results ("
-            "space text PRIMARY KEY, at timestamptz NOT NULL, result jsonb NOT NULL)").format(s))
+        conn.execute(statements.lock_ddl(), (SMOKE_DDL_LOCK,))
+        conn.execute(statements.create_schema(schema))
+        conn.execute(statements.create_smoke_table(schema))
 
 
 def store_smoke(conn: psycopg.Connection, schema: str, result: dict) -> None:
     with conn.transaction():
-        conn.execute(sql.SQL(
-            "INSERT INTO {}.smoke_results (space, at, result) VALUES (%s, %s, %s::jsonb) "
-            "ON CONFLICT (space) DO UPDATE SET at = EXCLUDED.at, result = EXCLUDED.result").format(sql.Identifier(schema)),
+        conn.execute(
+            statements.upsert_smoke(schema),
             (result["space"], result["at"], json.dumps(result)))
 
 
 def latest_smoke(conn: psycopg.Connection, schema: str, space: str) -> dict | None:
     """The stored result of a space, or None (also when the table does not exist yet: read-only)."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+    exists = conn.execute(statements.select_regclass_exists(),
                           (sql.Identifier(schema, "smoke_results").as_string(conn),)).fetchone()[0]
     if not exists:
         return None
-    row = conn.execute(sql.SQL("SELECT result FROM {}.smoke_results WHERE space = %s").format(sql.Identifier(schema)),
-                       (space,)).fetchone()
+    row = conn.execute(statements.select_smoke(schema), (space,)).fetchone()
     return row[0] if row else None

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.errors import EmbeddingPipelineError
+from embedding_pipeline.read_path import queries
 from embedding_pipeline.read_path.install import (
     pgvector_version,
     space_rows,
@@ -50,16 +50,16 @@ def embed_query(provider, text: str):
 def _local_settings(conn, settings: dict[str, str]):
     """Transaction-local settings, restored afterwards so a caller's own transaction is not changed."""
     with conn.transaction():
-        old = {k: conn.execute("SELECT current_setting(%s, true)", (k,)).fetchone()[0] for k in settings}
+        old = {k: conn.execute(queries.current_setting(), (k,)).fetchone()[0] for k in settings}
         for k, v in settings.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (k, v))
+            conn.execute(queries.set_local(), (k, v))
         try:
             yield
         finally:
             if not conn.broken and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
                 for k, v in old.items():
                     if v is not None:
-                        conn.execute("SELECT set_config(%s, %s, true)", (k, v))
+                        conn.execute(queries.set_local(), (k, v))
 
 
 def ann_settings(conn, space: Space, k: int) -> dict[str, str]:
@@ -85,9 +85,6 @@ def search_space(conn, config: PipelineConfig, source: str, space: str, query_ve
                 else ann_settings(conn, resolved, k))
     q = resolved.vector_param(query_vector, vector_type(conn, resolved, b))
     with _local_settings(conn, settings):
-        rows = conn.execute(sql.SQL(
-            "SELECT v.source_id, (v.embedding {op} %(q)s)::double precision FROM ({rows}) v "
-            "ORDER BY v.embedding {op} %(q)s LIMIT %(k)s").format(op=resolved.distance,
-                                                                  rows=space_rows(resolved, src, b)),
-            {"q": q, "k": k}).fetchall()
+        rows = conn.execute(queries.nearest_in_rows(space_rows(resolved, src, b), resolved.distance),
+                            {"q": q, "k": k}).fetchall()
     return [Hit(r[0], r[1]) for r in rows]

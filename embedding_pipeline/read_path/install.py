@@ -21,6 +21,7 @@ from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.errors import DatabaseError
+from embedding_pipeline.read_path import queries
 from embedding_pipeline.spaces.bindings import active_binding, lock_key
 from embedding_pipeline.spaces.model import Binding, Space
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
@@ -38,11 +39,7 @@ def vector_type(conn, space: Space, b: Binding) -> str:
     """'vector' or 'halfvec': the stored type of the binding's vectors."""
     if not b.is_legacy:
         return space.storage_type
-    row = conn.execute(
-        "SELECT t.typname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
-        (b.table_schema, b.table_name, b.vector_column)).fetchone()
+    row = conn.execute(queries.select_column_type(), (b.table_schema, b.table_name, b.vector_column)).fetchone()
     if row is None or row[0] not in ("vector", "halfvec"):
         raise DatabaseError(f"{b.table_schema}.{b.table_name}.{b.vector_column} is missing or not a "
                             "vector/halfvec column; check legacy_vector_column in the config")
@@ -59,27 +56,15 @@ def space_rows(space: Space, source: SourceTable, b: Binding) -> sql.Composed:
 PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "EXECUTE"}
 
 
-def _grants(conn, acl_query: str, params: tuple) -> list[tuple[str | None, str]]:
+def _grants(conn, acl: sql.Composable, params: tuple) -> list[tuple[str | None, str]]:
     """(grantee, None for PUBLIC; privilege) of an ACL, the owner's own entries excluded."""
-    rows = conn.execute(sql.SQL(
-        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
-        "FROM ({}) o, aclexplode(o.acl) a WHERE a.grantee <> o.owner").format(sql.SQL(acl_query)), params).fetchall()
+    rows = conn.execute(queries.select_grants(acl), params).fetchall()
     return [(g, p) for g, p in rows if p in PRIVILEGES]
 
 
 def _regrant(conn, target: sql.Composable, grants: list[tuple[str | None, str]]) -> None:
     for grantee, privilege in grants:
-        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(
-            sql.SQL(privilege), target, sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee)))
-
-
-_VIEW_ACL = ("SELECT c.relacl AS acl, c.relowner AS owner FROM pg_class c JOIN pg_namespace n "
-             "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s")
-
-
-_FUNCTION = ("SELECT p.proacl AS acl, p.proowner AS owner, t.typname FROM pg_proc p JOIN pg_namespace n "
-             "ON n.oid = p.pronamespace LEFT JOIN pg_type t ON t.oid = p.proargtypes[0] "
-             "WHERE n.nspname = %s AND p.proname = %s")
+        conn.execute(queries.grant(privilege, target, grantee))
 
 
 _versions: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
@@ -88,7 +73,7 @@ _versions: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDi
 def pgvector_version(conn) -> tuple[int, ...]:
     """pgvector's (major, minor), read once per connection."""
     if conn not in _versions:
-        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        row = conn.execute(queries.select_pgvector_version()).fetchone()
         _versions[conn] = tuple(int(p) for p in row[0].split(".")[:2]) if row else (0, 0)
     return _versions[conn]
 
@@ -103,11 +88,11 @@ def install_read_path(conn, config: PipelineConfig, source: SourceTable, b: Bind
     view = sql.Identifier(schema, vname)
     space = config.space(b.space)
     vtype = vector_type(conn, space, b)
-    grants = _grants(conn, _VIEW_ACL, (schema, vname))
-    conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
-    conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(view, space_rows(space, source, b)))
+    grants = _grants(conn, queries.view_acl(), (schema, vname))
+    conn.execute(queries.drop_view(view))
+    conn.execute(queries.create_view(view, space_rows(space, source, b)))
     comment = {"space": b.space, "storage": b.storage, "model_version": space.model_version}
-    conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(json.dumps(comment))))
+    conn.execute(queries.comment_on_view(view, json.dumps(comment)))
     _regrant(conn, view, grants)
     _install_search_function(conn, config, source, space, vtype)
 
@@ -115,35 +100,25 @@ def install_read_path(conn, config: PipelineConfig, source: SourceTable, b: Bind
 def _install_search_function(conn, config: PipelineConfig, source: SourceTable, space: Space, vtype: str) -> None:
     schema, fname = config.project_schema, search_function_name(source.name)
     fn = sql.Identifier(schema, fname)
-    existing = conn.execute(_FUNCTION, (schema, fname)).fetchall()
+    existing = conn.execute(queries.function_acl(), (schema, fname)).fetchall()
     acl_set = bool(existing) and existing[0][0] is not None
-    grants = _grants(conn, _FUNCTION, (schema, fname)) if acl_set else []
+    grants = _grants(conn, queries.function_acl(), (schema, fname)) if acl_set else []
     replaced = len(existing) == 1 and existing[0][2] == vtype
     if existing and not replaced:
         # vector <-> halfvec changes the argument type, which CREATE OR REPLACE would add as an overload.
-        conn.execute(sql.SQL("DROP FUNCTION {}").format(fn))
-    op = space.distance
-    body = sql.SQL("SELECT v.source_id, (v.embedding {op} query)::double precision FROM {view} v "
-                   "ORDER BY v.embedding {op} query LIMIT k").format(
-                       op=op, view=sql.Identifier(schema, view_name(source.name)))
-    settings = [sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(str(space.index.ef_search)))]
-    if pgvector_version(conn) >= (0, 8):
-        # Rows filtered out by the view would otherwise leave fewer than k hits.
-        settings.append(sql.SQL("SET hnsw.iterative_scan = 'strict_order'"))
-    conn.execute(sql.SQL(
-        "CREATE OR REPLACE FUNCTION {fn}(query {vtype}, k integer DEFAULT 10) "
-        "RETURNS TABLE (source_id {idt}, distance double precision) LANGUAGE sql STABLE {settings} AS {body}"
-    ).format(fn=fn, vtype=sql.SQL(vtype), idt=sql.SQL(source.id_type), settings=sql.SQL(" ").join(settings),
-             body=sql.Literal(body.as_string(conn))))
+        conn.execute(queries.drop_function(fn))
+    body = queries.search_function_body(sql.Identifier(schema, view_name(source.name)), space.distance)
+    conn.execute(queries.create_search_function(fn, vtype, source.id_type, space.index.ef_search,
+                                                pgvector_version(conn) >= (0, 8), body.as_string(conn)))
     if acl_set and not replaced:
         # A fresh function is executable by PUBLIC; restore the ACL the operator had set.
-        conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {} FROM PUBLIC").format(fn))
-        _regrant(conn, sql.SQL("FUNCTION {}").format(fn), grants)
+        conn.execute(queries.revoke_function_from_public(fn))
+        _regrant(conn, queries.function(fn), grants)
 
 
 def served_space(conn, config: PipelineConfig, source: str) -> str | None:
     """The space the view currently reads (from its comment), or None when there is no view."""
-    row = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')",
+    row = conn.execute(queries.select_view_comment(),
                        (sql.Identifier(config.project_schema, view_name(source)).as_string(conn),)).fetchone()
     return _comment_space(row[0] if row else None)
 
@@ -165,9 +140,8 @@ def ensure_read_path(conn, config: PipelineConfig, source: str) -> str | None:
     Commits on ``conn``: call it with no transaction of your own open.
     """
     schema = config.project_schema
-    space, comment = conn.execute(sql.SQL(
-        "SELECT (SELECT space FROM {}.bindings WHERE source = %s AND status = 'active'), "
-        "obj_description(to_regclass(%s), 'pg_class')").format(sql.Identifier(schema)),
+    space, comment = conn.execute(
+        queries.select_active_and_view_comment(schema),
         (source, sql.Identifier(schema, view_name(source)).as_string(conn))).fetchone()
     conn.commit()
     served = _comment_space(comment)
@@ -177,8 +151,8 @@ def ensure_read_path(conn, config: PipelineConfig, source: str) -> str | None:
     conn.commit()
     with conn.transaction():
         if served is None:
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_key(source),))
-        elif not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (lock_key(source),)).fetchone()[0]:
+            conn.execute(queries.lock_source(), (lock_key(source),))
+        elif not conn.execute(queries.try_lock_source(), (lock_key(source),)).fetchone()[0]:
             return space  # a switch is committing; the search's view lock orders us after it
         b = active_binding(conn, schema, source)
         if b is not None and served_space(conn, config, source) != b.space:

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.queue import enqueue, ensure_capture_tables
 from embedding_pipeline.errors import ConfigError, EmbeddingPipelineError
+from embedding_pipeline.read_path import queries
 from embedding_pipeline.spaces.bindings import active_space, bindings
 
 RRF_K = 60
@@ -89,8 +89,8 @@ def missing_in(conn, config: PipelineConfig, source: str, space: str, ids: list)
     """The ids with no vector in the space's table (ids keep their Python type, so the PK index is used)."""
     if not ids:
         return []
-    present = {r[0] for r in conn.execute(sql.SQL("SELECT source_id FROM {} WHERE source_id = ANY(%s)").format(
-        config.space(space).on(source).ident), (list(ids),)).fetchall()}
+    present = {r[0] for r in conn.execute(queries.select_present_ids(config.space(space).on(source).ident),
+                                          (list(ids),)).fetchall()}
     return [i for i in ids if i not in present]
 
 

@@ -19,6 +19,7 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.errors import DatabaseError, EmbeddingPipelineError
 from embedding_pipeline.providers.cache import default_provider_for
+from embedding_pipeline.read_path import queries
 from embedding_pipeline.read_path.ann import Hit, ann_settings, embed_query
 from embedding_pipeline.read_path.install import (
     ensure_read_path,
@@ -91,10 +92,10 @@ def search(db_or_conn, config: PipelineConfig, source: str, query_text: str, k: 
 
 def _search_in_snapshot(conn, config, source, query_text, k, provider_for, guess, vector) -> SearchResult:
     schema = config.project_schema
+    view = sql.Identifier(schema, view_name(source))
     with conn.transaction():
         # Before any snapshot: waits for a switch in flight, then the snapshot sees its result.
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-            sql.Identifier(schema, view_name(source))))
+        conn.execute(queries.lock_view(view))
         b = active_binding(conn, schema, source)
         if b is None:
             raise EmbeddingPipelineError(f"source {source!r} has no active space")
@@ -104,11 +105,9 @@ def _search_in_snapshot(conn, config, source, query_text, k, provider_for, guess
         if reembedded:
             vector = embed_query(provider_for(space), query_text)
         for name, value in ann_settings(conn, resolved, k).items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-        rows = conn.execute(sql.SQL(
-            "SELECT source_id, (embedding {op} %(q)s)::double precision, space, model_version FROM {view} "
-            "ORDER BY embedding {op} %(q)s LIMIT %(k)s").format(op=resolved.distance,
-                                                                view=sql.Identifier(schema, view_name(source))),
+            conn.execute(queries.set_local(), (name, value))
+        rows = conn.execute(
+            queries.nearest_in_view(view, resolved.distance),
             {"q": resolved.vector_param(vector, vector_type(conn, resolved, b)), "k": k}).fetchall()
     served = {r[2] for r in rows}
     if served - {space}:

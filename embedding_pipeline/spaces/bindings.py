@@ -12,6 +12,7 @@ from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.errors import DatabaseError
+from embedding_pipeline.spaces import queries
 from embedding_pipeline.spaces.model import (
     HNSW_MAX_DIM,
     STORAGE_LEGACY,
@@ -34,13 +35,7 @@ def ensure_binding(conn, source: SourceTable, space: Space) -> Binding:
             table = space.on(source)
             conn.execute(table.ddl(source.id_type))
             row = (source.name, space.name, STORAGE_TABLE, table.schema, table.name, "embedding")
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.bindings (source, space, storage, table_schema, table_name, vector_column) "
-                "VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (source, space) DO NOTHING"
-            ).format(sql.Identifier(space.schema)),
-            row,
-        )
+        conn.execute(queries.insert_binding(space.schema), row)
     return binding(conn, space.schema, source.name, space.name)
 
 
@@ -50,19 +45,16 @@ def _rows(conn, query: sql.Composable, params) -> list[Binding]:
 
 
 def binding(conn, schema: str, source: str, space: str) -> Binding | None:
-    found = _rows(conn, sql.SQL("SELECT * FROM {}.bindings WHERE source = %s AND space = %s").format(
-        sql.Identifier(schema)), (source, space))
+    found = _rows(conn, queries.select_binding(schema), (source, space))
     return found[0] if found else None
 
 
 def bindings(conn, schema: str, source: str | None = None) -> list[Binding]:
-    q = sql.SQL("SELECT * FROM {}.bindings WHERE (%(src)s::text IS NULL OR source = %(src)s) ORDER BY source, space")
-    return _rows(conn, q.format(sql.Identifier(schema)), {"src": source})
+    return _rows(conn, queries.select_bindings(schema), {"src": source})
 
 
 def active_binding(conn, schema: str, source: str) -> Binding | None:
-    found = _rows(conn, sql.SQL("SELECT * FROM {}.bindings WHERE source = %s AND status = 'active'").format(
-        sql.Identifier(schema)), (source,))
+    found = _rows(conn, queries.select_active_binding(schema), (source,))
     return found[0] if found else None
 
 
@@ -73,22 +65,14 @@ def active_space(conn, schema: str, source: str) -> str | None:
 
 def initialise_active(conn, config: PipelineConfig, source: str) -> None:
     """At first start, mark the configured active space (the legacy column's model) active."""
-    schema = sql.Identifier(config.project_schema)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_key(source),))
+        conn.execute(queries.lock_source(), (lock_key(source),))
         if active_space(conn, config.project_schema, source) is None:
-            conn.execute(
-                sql.SQL("UPDATE {}.bindings SET status = 'active', activated_at = now() "
-                        "WHERE source = %s AND space = %s AND status = 'shadow'").format(schema),
-                (source, config.source(source).active_space),
-            )
+            conn.execute(queries.activate_shadow(config.project_schema), (source, config.source(source).active_space))
 
 
 def has_index(conn, table: SpaceTable) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM pg_indexes WHERE schemaname = %s AND tablename = %s AND indexname = %s",
-        (table.schema, table.name, table.index_name),
-    ).fetchone() is not None
+    return conn.execute(queries.select_index(), (table.schema, table.name, table.index_name)).fetchone() is not None
 
 
 def build_index(conn, table: SpaceTable) -> bool:
@@ -104,8 +88,7 @@ def build_index(conn, table: SpaceTable) -> bool:
         raise DatabaseError(f"space {space.name!r}: {space.dimensions} dimensions is past HNSW's limit; "
                             "no index built")
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
-            sql.Literal(space.index.maintenance_work_mem)))
+        conn.execute(queries.set_maintenance_work_mem(space.index.maintenance_work_mem))
         conn.execute(table.index_ddl())
     return True
 

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.errors import SpaceIdentityError
+from embedding_pipeline.spaces import queries
 from embedding_pipeline.spaces.canaries import CANARY_TEXTS
 
 
@@ -24,9 +24,7 @@ def _canary_rows(provider) -> list[tuple[int, str, list[float]]]:
 
 
 def registered_identity(conn: psycopg.Connection, schema: str, name: str) -> dict | None:
-    row = conn.execute(
-        sql.SQL("SELECT identity FROM {}.spaces WHERE name = %s").format(sql.Identifier(schema)), (name,)
-    ).fetchone()
+    row = conn.execute(queries.select_identity(schema), (name,)).fetchone()
     return row[0] if row else None
 
 
@@ -54,14 +52,9 @@ def register_space(conn: psycopg.Connection, config: PipelineConfig, name: str, 
     if registered_identity(conn, schema, name) is not None:
         return False
     canaries = _canary_rows(provider)
-    s = sql.Identifier(schema)
     with conn.transaction():
         inserted = conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.spaces (name, model, revision, transport, dimensions, storage_type, query_prompt, "
-                "document_prompt, normalize, identity, fingerprint, model_version, retention_days) "
-                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (name) DO NOTHING RETURNING name"
-            ).format(s),
+            queries.insert_space(schema),
             (name, cfg.model, cfg.revision, cfg.transport, cfg.dimensions, cfg.storage_type, cfg.query_prompt,
              cfg.document_prompt, cfg.normalize, json.dumps(cfg.identity()), cfg.fingerprint,
              cfg.model_version, cfg.retention_days),
@@ -70,16 +63,10 @@ def register_space(conn: psycopg.Connection, config: PipelineConfig, name: str, 
             check_identity(conn, schema, name, cfg)
             return False
         with conn.cursor() as cur:
-            cur.executemany(
-                sql.SQL("INSERT INTO {}.space_canaries (space, idx, text_sha256, vector) VALUES (%s,%s,%s,%s)").format(s),
-                [(name, i, h, v) for i, h, v in canaries],
-            )
+            cur.executemany(queries.insert_canary(schema), [(name, i, h, v) for i, h, v in canaries])
     return True
 
 
 def stored_canaries(conn, schema: str, name: str) -> np.ndarray:
-    rows = conn.execute(
-        sql.SQL("SELECT vector FROM {}.space_canaries WHERE space = %s ORDER BY idx").format(sql.Identifier(schema)),
-        (name,),
-    ).fetchall()
+    rows = conn.execute(queries.select_canaries(schema), (name,)).fetchall()
     return np.asarray([r[0] for r in rows], dtype=np.float32)

@@ -14,10 +14,8 @@ from psycopg import sql
 from embedding_pipeline.config import SourceConfig
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError
-
-# A row "has text" when some character is neither ASCII whitespace nor a Unicode space
-# (NBSP, zero-width space, BOM, ...): the C locale's \\S would count those as content.
-HAS_TEXT = "~ '[^[:space:]\\u00a0\\u1680\\u2000-\\u200b\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff]'"
+from embedding_pipeline.spaces import queries
+from embedding_pipeline.spaces.queries import HAS_TEXT  # noqa: F401 (re-exported for embeddings/)
 
 
 @dataclass(frozen=True)
@@ -37,31 +35,15 @@ class SourceTable:
         return f"{self.cfg.schema_}.{self.cfg.table}"
 
     def eligible_rows(self) -> sql.Composed:
-        """SELECT id, content of rows that should have a vector: filter passes, text not blank.
-
-        The operator's filter is evaluated against the source alone, in a subquery, so its
-        column names can never collide with the embedding table's.
-        """
+        """SELECT id, content of rows that should have a vector: filter passes, text not blank."""
         c = self.cfg
-        filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
-        return sql.SQL(
-            "SELECT {id} AS id, {text} AS content FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT
-        ).format(id=sql.Identifier(c.id_column), text=sql.Identifier(c.text_column), tbl=self.ident, filt=filt)
-
+        return queries.eligible_rows(self.ident, c.id_column, c.text_column, c.row_filter)
 
     def legacy_rows(self, space, column: str) -> sql.Composed:
-        """SELECT source_id, embedding, space, model_version of the adopted column's eligible rows.
-
-        No table alias: the operator's filter may name the table itself.
-        """
+        """SELECT source_id, embedding, space, model_version of the adopted column's eligible rows."""
         c = self.cfg
-        filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
-        return sql.SQL(
-            "SELECT {id} AS source_id, {vec} AS embedding, {space}::text AS space, {mv}::text AS model_version "
-            "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
-        ).format(id=sql.Identifier(c.id_column), vec=sql.Identifier(column), tbl=self.ident, filt=filt,
-                 text=sql.Identifier(c.text_column), space=sql.Literal(space.name),
-                 mv=sql.Literal(space.model_version))
+        return queries.legacy_rows(self.ident, c.id_column, c.text_column, c.row_filter, column, space.name,
+                                   space.model_version)
 
 
 def inspect_source(conn: psycopg.Connection, name: str, cfg: SourceConfig) -> SourceTable:
@@ -82,8 +64,7 @@ def inspect_source(conn: psycopg.Connection, name: str, cfg: SourceConfig) -> So
     if cfg.row_filter:
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
-                    sql.Identifier(cfg.schema_, cfg.table), sql.SQL(cfg.row_filter)))
+                conn.execute(queries.explain_row_filter(sql.Identifier(cfg.schema_, cfg.table), cfg.row_filter))
         except psycopg.Error as e:
             raise ConfigError(f"sources.{name}.row_filter is not a valid expression on {cfg.schema_}.{cfg.table}: "
                               f"{e.diag.message_primary}") from None
