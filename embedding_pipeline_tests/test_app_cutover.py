@@ -16,8 +16,8 @@ from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.columns import hnsw_index_on
 from embedding_pipeline.spaces.validator import validate
-from embedding_pipeline_tests import honcho_schema
-from embedding_pipeline_tests.app_cutover_env import (
+from embedding_pipeline_tests.support import honcho_schema
+from embedding_pipeline_tests.support.app_cutover_env import (
     APP,
     APP_NAME,
     LEGACY,

@@ -11,7 +11,7 @@ from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.evaluation.smoke import run_smoke
 from embedding_pipeline.plan.gather import build_plan
 from embedding_pipeline.providers.cache import default_provider_for
-from embedding_pipeline_tests.sources import make_documents
+from embedding_pipeline_tests.support.sources import make_documents
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 Seeds Honcho-shaped tables with legacy MiniLM vectors, then runs what an operator would:
 register the spaces, re-embed both tables into the new spaces through Dagster (so the runs
-show up in the UI afterwards), validate, back up, evaluate, cut over, search, roll back and
-cut over again, and print the status. Every step uses the same core functions as the CLI.
+show up in the UI afterwards), validate, back up, evaluate, then move Honcho's OWN columns to
+the new model (stage, flip both tables in one transaction, print the environment Honcho
+restarts with), roll back and forward once, and print the status. Every step uses the same core functions as the CLI.
 The Dagster runs come from the caller (the CLI) as a ``Materialize`` callable: the core
 library never imports the Dagster layer.
 """
@@ -14,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.config import AppConfig, PipelineConfig
 from embedding_pipeline.db.connection import redact
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.setup import prepare_source
@@ -118,31 +119,71 @@ def shadow_eval(ctx, config: PipelineConfig) -> None:
               f"{c['recall@100']:.3f}; gate {'passed' if r['gate_passed'] else 'FAILED'} ({r['report_path']})")
 
 
-def switch_and_search(ctx, config: PipelineConfig) -> None:
-    from embedding_pipeline.cutover.status import format_status, status
-    from embedding_pipeline.cutover.switch import cutover, rollback
-    from embedding_pipeline.read_path.search import search
+HONCHO = "honcho"
+QUERY = "jak podlewać pomidory w ogrodzie"
 
-    def show_search(label):
-        result = search(ctx.db, config, "documents", "jak podlewać pomidory w ogrodzie", k=3, provider_for=ctx.provider)
-        print(f"   search ({label}) answered by space {result.space}: {[h.source_id for h in result.hits]}")
 
-    _step(f"cutover of both tables to {TARGET_SPACE} (gates: backup, coverage, stale, eval, validator)")
-    show_search("before")
-    for source in config.sources:
-        r = cutover(ctx.db, config, source, TARGET_SPACE, provider_for=ctx.provider, actor="demo")
-        print(f"   {source}: {r.get('previous_space') or r.get('from')} -> {TARGET_SPACE}")
-    show_search("after cutover")
-    _step("rollback of both tables")
-    for source in config.sources:
-        rollback(ctx.db, config, source, actor="demo")
-    show_search("after rollback")
-    _step(f"cutover again to {TARGET_SPACE}")
-    for source in config.sources:
-        cutover(ctx.db, config, source, TARGET_SPACE, provider_for=ctx.provider, actor="demo")
-    show_search("final")
+def with_honcho_app(config: PipelineConfig) -> PipelineConfig:
+    """The demo's config plus Honcho as an application that reads its own columns (``cutover: column``).
+
+    Honcho connects as ``honcho-api``/``honcho-deriver``: none is running in the demo, which is what
+    a drained deployment looks like, so the same-dimension flip (384 -> 384) may proceed."""
+    app = AppConfig(sources=list(config.sources), cutover="column",
+                    application_names=["honcho-api", "honcho-deriver"])
+    return config.model_copy(update={"apps": {**config.apps, HONCHO: app}})
+
+
+def _honcho_query(ctx, config: PipelineConfig, space: str) -> list:
+    """Honcho's own read of documents, as it issues it: the app's column, soft deletes filtered out."""
+    vector = config.space(space).vector_param(ctx.provider(space).embed_queries([QUERY])[0])
+    with ctx.db.connect() as conn:
+        rows = conn.execute("SELECT id FROM public.documents WHERE embedding IS NOT NULL AND deleted_at IS NULL "
+                            "ORDER BY embedding <=> %s LIMIT 3", (vector,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def _print_env(ctx, config: PipelineConfig) -> None:
+    from embedding_pipeline.cutover.app_env import app_env
+
+    for key, value in app_env(ctx.db, config, HONCHO).items():
+        print(f"     {key}={value}")
+
+
+def app_cutover(ctx, config: PipelineConfig) -> None:
+    """Honcho's own columns moved to the new model: stage, flip, environment, rollback, flip again."""
+    from embedding_pipeline.cutover.app_env import app_status, format_app_status
+    from embedding_pipeline.cutover.app_flip import cutover_app, rollback_app
+    from embedding_pipeline.cutover.app_stage import stage
+
+    config = with_honcho_app(config)
+    legacy = config.source("documents").legacy_space
+    print(f"\n   Honcho's own query today (documents.embedding, {legacy}): {_honcho_query(ctx, config, legacy)}")
+    _step(f"stage {TARGET_SPACE} beside Honcho's columns (fill in short batches, index CONCURRENTLY)")
+    for r in stage(ctx.db, config, HONCHO, TARGET_SPACE, provider_for=ctx.provider):
+        print(f"   {r.source}: {r.column} {r.mode}, {r.rows_written} rows in {r.batches} batches, index {r.index_action}; "
+              f"table {r.before.get('total_bytes', 0):,} -> {r.after.get('total_bytes', 0):,} bytes, "
+              f"dead tuples {r.after.get('dead_tuples', 0):,}")
+
+    def flip(what, fn):
+        r = fn()
+        moved = ", ".join(f"{m['table']}.{m['column']}" for m in r["sources"])
+        print(f"   {what}: {moved} now hold {r['space']} (lock held {r['lock_held_ms']} ms, validator {r['validator']})")
+        for w in r.get("warnings") or []:
+            print(f"   warning: {w}")
+
+    _step(f"flip Honcho's columns to {TARGET_SPACE}: both tables in one transaction, every gate checked")
+    flip("cutover", lambda: cutover_app(ctx.db, config, HONCHO, TARGET_SPACE, provider_for=ctx.provider, actor="demo"))
+    print("   restart Honcho with (`embedding-pipeline app-env --app honcho`):")
+    _print_env(ctx, config)
+    print(f"   Honcho's own query now ({TARGET_SPACE}): {_honcho_query(ctx, config, TARGET_SPACE)}")
+    _step("roll Honcho's columns back, then forward again")
+    flip("rollback", lambda: rollback_app(ctx.db, config, HONCHO, provider_for=ctx.provider, actor="demo"))
+    _print_env(ctx, config)
+    flip("cutover", lambda: cutover_app(ctx.db, config, HONCHO, TARGET_SPACE, provider_for=ctx.provider, actor="demo"))
+    _print_env(ctx, config)
     _step("status")
-    print(format_status(status(ctx.db, config)))
+    with ctx.db.connect() as conn:
+        print(format_app_status(app_status(conn, config)))
 
 
 def run_demo(ctx, args, materialize: Materialize) -> int:
@@ -156,6 +197,6 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     backups(ctx, config)
     eval_sets(ctx, config)
     shadow_eval(ctx, config)
-    switch_and_search(ctx, config)
+    app_cutover(ctx, config)
     print("\ndemo finished: open the UI with `make dev`")
     return 0

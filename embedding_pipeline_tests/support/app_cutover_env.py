@@ -30,7 +30,7 @@ from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests import honcho_schema
+from embedding_pipeline_tests.support import honcho_schema
 from embedding_pipeline_tests.conftest import TEST_CONFIG
 
 APP, LEGACY, NEW, SAME_DIM = "honcho", "minilm", "minilm-256", "minilm-p"
