@@ -360,3 +360,15 @@ def test_asset_materializes_report_and_blocking_gate(db, base_config, providers,
     assert rows == [("minilm-256", True), ("minilm-music", False)]
     with db.connect() as conn:
         assert load_eval_set(conn, base_config.project_schema, SET).kind == "labeled"
+
+
+def test_a_gate_with_nothing_evaluated_is_not_passed():
+    """A skipped shadow eval (no active space, candidate already active, ...) shows a WARN failure with
+    its reason, never a green gate: cutover would refuse for that very reason."""
+    import dagster as dg
+
+    from embedding_pipeline.defs.evaluation.assets import _skip
+
+    [check] = _skip("source documents has no active space yet").check_results
+    assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description == "nothing evaluated: source documents has no active space yet"

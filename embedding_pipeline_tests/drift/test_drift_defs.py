@@ -104,6 +104,19 @@ def test_schedule_requests_one_run_per_table(config):
         ("documents", "drift:documents:2026-03-04"), ("message_embeddings", "drift:message_embeddings:2026-03-04")]
 
 
+def test_checks_with_nothing_to_check_say_so_and_never_pass(seeded, cfg_path, instance):
+    """message_embeddings is configured but has no table and nothing built: no check may show Passed;
+    each says what it did not see, and the configured spaces are listed as unbuilt."""
+    result = materialize(cfg_path, instance, partition="message_embeddings")
+    assert result.success  # WARN, not a failed run: nothing is wrong yet, there is just nothing to prove
+    ev = evaluations(result)
+    assert set(ev) == {*CHECKS, QUALITY_CHECK}
+    assert all(not e.passed and e.severity == dg.AssetCheckSeverity.WARN for e in ev.values())
+    assert all(e.description.startswith("nothing checked: no space of message_embeddings is built") for e in ev.values())
+    meta = result.asset_materializations_for_node("drift__drift_stats")[0].metadata
+    assert set(meta["unbuilt_spaces"].value) == {"minilm", *load_config(cfg_path).spaces_for("message_embeddings")}
+
+
 def test_materialized_drift_reports_checks_trends_and_alerts(seeded, cfg_path, instance):
     """A stale and an orphaned vector fail their checks on the materialization, with trends, PNG and alert rows."""
     with seeded.connect() as conn:
@@ -114,7 +127,10 @@ def test_materialized_drift_reports_checks_trends_and_alerts(seeded, cfg_path, i
     ev = evaluations(result)
     assert set(ev) == {*CHECKS, QUALITY_CHECK}
     failed = {n: e.severity for n, e in ev.items() if not e.passed}
-    assert failed == {"no_stale_vectors": dg.AssetCheckSeverity.ERROR, "no_orphans": dg.AssetCheckSeverity.WARN}
+    # No labeled eval set here: the quality check says it compared nothing instead of passing.
+    assert failed == {"no_stale_vectors": dg.AssetCheckSeverity.ERROR, "no_orphans": dg.AssetCheckSeverity.WARN,
+                      QUALITY_CHECK: dg.AssetCheckSeverity.WARN}
+    assert ev[QUALITY_CHECK].description.startswith("nothing checked: no eval result")
     assert ev["no_stale_vectors"].partition == "documents"
     assert TABLE in ev["no_stale_vectors"].metadata["findings"].value[0]["message"]
     meta = result.asset_materializations_for_node("drift__drift_stats")[0].metadata

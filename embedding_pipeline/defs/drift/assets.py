@@ -102,7 +102,13 @@ def _quality(context, pipeline: PipelineResource, db, conn, config: PipelineConf
     return regs, findings, f"{len(regs)} eval result(s) compared with their baseline"
 
 
-def _check_result(name: str, findings: list[drift.Finding], spaces: dict) -> dg.AssetCheckResult:
+def _check_result(name: str, findings: list[drift.Finding], spaces: dict, *,
+                  nothing: str | None = None) -> dg.AssetCheckResult:
+    """``nothing``: why there was nothing to check (a WARN failure saying so, never a green Passed)."""
+    if nothing is not None:
+        return dg.AssetCheckResult(asset_key=DRIFT_KEY, check_name=name, passed=False,
+                                   severity=dg.AssetCheckSeverity.WARN, description=f"nothing checked: {nothing}",
+                                   metadata={"nothing_checked": nothing, "spaces": dg.MetadataValue.json(spaces)})
     severity = drift.ERROR if any(f.severity == drift.ERROR for f in findings) or not findings else drift.WARN
     return dg.AssetCheckResult(
         asset_key=DRIFT_KEY, check_name=name, passed=not findings, severity=SEVERITY[severity],
@@ -167,8 +173,19 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
             png = plot_version_history(rows, db.home / "reports" / f"drift_{source}.png", source)
             metadata["version_plot"] = dg.MetadataValue.path(str(png))
             metadata["version_plot_preview"] = dg.MetadataValue.md(f"![model_version over time]({data_uri(png)})")
-        checks = [_check_result(o.name, o.findings, o.metadata) for o in outcomes]
-        checks.append(_check_result(QUALITY_CHECK, q_findings, {r["space"]: r for r in regs}))
+        # Every configured space shows up: one never built is said to be missing, not silently absent.
+        configured = [s for s in [config.source(source).legacy_space, *config.spaces_for(source)] if s]
+        unbuilt = [s for s in configured if s not in {d.space for d in drifts}]
+        if unbuilt:
+            legacy = config.source(source).legacy_space
+            metadata["unbuilt_spaces"] = dg.MetadataValue.json({s: f"configured for {source} but not built: " + (
+                f"run `embedding-pipeline setup --source {source}`" if s == legacy else
+                f"materialize embeddings/{asset_name(s)} for partition {source}") for s in unbuilt})
+        nothing = (None if drifts else f"no space of {source} is built yet (configured: {configured}); run "
+                   f"`embedding-pipeline setup --source {source}` or materialize its embeddings assets")
+        checks = [_check_result(o.name, o.findings, o.metadata, nothing=nothing) for o in outcomes]
+        checks.append(_check_result(QUALITY_CHECK, q_findings, {r["space"]: r for r in regs}, nothing=nothing or (
+            None if regs else f"no eval result for {source}'s active space yet: {q_note}")))
         for o in outcomes:
             for f in o.findings:
                 context.log.warning(f"{f.severity} {f.check}: {f.message}")

@@ -32,9 +32,11 @@ def eval_asset_key(space: str) -> dg.AssetKey:
 
 
 def _skip(reason: str) -> dg.MaterializeResult:
+    # Nothing was evaluated, so nothing passed: a WARN failure that says why (a green gate here would
+    # read as "the candidate is good" in the UI, and cutover would refuse it anyway).
     return dg.MaterializeResult(metadata={"skipped": reason}, check_results=[
-        dg.AssetCheckResult(check_name=CHECK, passed=True, description=f"nothing to gate: {reason}",
-                            metadata={"skipped": reason})])
+        dg.AssetCheckResult(check_name=CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN,
+                            description=f"nothing evaluated: {reason}", metadata={"skipped": reason})])
 
 
 def _result(result: dict) -> dg.MaterializeResult:
@@ -49,7 +51,7 @@ def _result(result: dict) -> dg.MaterializeResult:
         if s.get("ann_recall@10") is not None:
             numbers[f"hnsw_recall_at_10_{role}"] = s["ann_recall@10"]
     meta = {key: dg.FloatMetadataValue(round(float(v), 6)) for key, v in numbers.items()}
-    passed = result["gate_passed"] is not False
+    passed = result["gate_passed"] is True
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(inline_markdown(result, Path(files["png"]))),
@@ -65,8 +67,12 @@ def _result(result: dict) -> dg.MaterializeResult:
             **meta,
         },
         check_results=[dg.AssetCheckResult(
-            check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
-            description=result["gate_reason"],
+            # No verdict (an unlabeled set) is not a pass: WARN, with the reason; a failed gate is ERROR.
+            check_name=CHECK, passed=passed, severity=dg.AssetCheckSeverity.ERROR if result["gate_passed"] is False
+            else dg.AssetCheckSeverity.WARN,
+            description=result["gate_reason"] if result["gate_passed"] is not None else
+            f"no verdict: {result['gate_reason']}. Store a labeled eval set (`embedding-pipeline eval-set`) and "
+            "materialize this asset again",
             metadata={"gate_passed": str(result["gate_passed"]), "tolerance": float(result["tolerance"]),
                       "eval_report_id": result["id"], **meta})])
 
