@@ -92,6 +92,11 @@ def create_demo_tables(conn: psycopg.Connection, *, schema: str = "public") -> N
             " workspace_name text,"
             " created_at timestamptz DEFAULT now())"
         ).format(sql.Identifier(schema, MESSAGES), dims=dims))
+        # Honcho's own indexes (name, opclass, m, ef_construction): the app cutover copies and moves them.
+        for table in (DOCUMENTS, MESSAGES):
+            conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) "
+                                 "WITH (m = 16, ef_construction = 64)").format(
+                sql.Identifier(f"ix_{table}_embedding_hnsw"), sql.Identifier(schema, table)))
     for table in (DOCUMENTS, MESSAGES):
         declared = declared_dimension(conn, schema, table, "embedding")
         _settle(conn)
