@@ -216,3 +216,25 @@ def test_progress_is_reported_within_a_read_window(setup, db):
     assert stats.embedded == n and done[-1] == n
     assert any(0 < d < n for d in done), lines  # reported inside the one read window
 
+
+
+def test_a_permanent_error_fails_the_asset_at_once_with_its_message(db, config_path):
+    """A missing source table cannot be fixed by retrying: the re-embed asset fails on its first
+    attempt (no RetryPolicy rounds) and the failure says which table and how to fix it."""
+    import dagster as dg
+
+    from embedding_pipeline.config import load_config
+    from embedding_pipeline.defs.embeddings.assets import build
+    from embedding_pipeline.defs.resources import PipelineResource
+
+    config = load_config(config_path)  # documents is configured, but this database has no such table
+    asset = next(a for a in build(config).assets if a.key == dg.AssetKey(["embeddings", "minilm_256"]))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([asset], partition_key="documents", instance=instance, raise_on_error=False,
+                                resources={"pipeline": PipelineResource(config_path=str(config_path))})
+    assert not result.success
+    types = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in types and types.count("STEP_FAILURE") == 1
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.user_failure_data.description
+    assert "public.documents does not exist" in message and "fix" in message

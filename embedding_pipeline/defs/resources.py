@@ -12,11 +12,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from contextlib import contextmanager
 
 import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig, load_config, state_dir
 from embedding_pipeline.db.connection import DATABASE_URL_ENV, Database
+from embedding_pipeline.errors import (
+    CloudEndpointRefused,
+    ConfigError,
+    RefusedError,
+    SpaceIdentityError,
+    ValidationFailed,
+)
 from embedding_pipeline.providers import build_provider
 
 
@@ -93,6 +101,20 @@ def _provider(path: str | None, space: str):
     # Models are loaded once per process: a run materializing several partitions reuses them.
     config = _load(path)
     return build_provider(space, config.space(space))
+
+
+# Errors no retry can fix: the config is wrong, a table is missing, a model was swapped, a gate refused.
+PERMANENT_ERRORS = (ConfigError, SpaceIdentityError, ValidationFailed, RefusedError, CloudEndpointRefused)
+
+
+@contextmanager
+def fail_fast_on_permanent_errors():
+    """A permanent error fails the step at once with its own message (no RetryPolicy round of minutes,
+    no traceback to read through); transient ones (a timed-out server, a held lock) keep the retry policy."""
+    try:
+        yield
+    except PERMANENT_ERRORS as e:
+        raise dg.Failure(description=str(e), allow_retries=False) from None
 
 
 def source_partitions(config: PipelineConfig) -> dg.StaticPartitionsDefinition:

@@ -13,6 +13,7 @@ from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.defs.resources import (
     PipelineResource,
     asset_name,
+    fail_fast_on_permanent_errors,
     source_partitions,
 )
 from embedding_pipeline.embeddings.cost import estimate
@@ -42,18 +43,19 @@ def _build_reembed_asset(*, space: str, config: PipelineConfig,
         if space not in config.spaces_for(source):
             context.log.info(f"space {space} is not configured for source {source}; nothing to do")
             return dg.MaterializeResult(metadata={"skipped": f"space {space} not configured for {source}"})
-        db = pipeline.database()
-        provider = pipeline.provider(space)
-        with db.connect() as conn:
-            # A fresh database has no registry yet, and prepare_source reads it.
-            ensure_schema(conn, config.project_schema)
-            needed = {config.source(source).legacy_space, space} - {None}
-            src = prepare_source(conn, config, source, pipeline.provider, spaces=sorted(needed))
-            smoke = latest_smoke(conn, config.project_schema, space)
-            cost = estimate(conn, src, config.space(space).on(src), provider, smoke=smoke)
-            conn.rollback()
-        context.log.info(f"estimate: {cost.line()}")
-        stats = reembed(db, config, source, space, provider, logger=context.log)
+        with fail_fast_on_permanent_errors():
+            db = pipeline.database()
+            provider = pipeline.provider(space)
+            with db.connect() as conn:
+                # A fresh database has no registry yet, and prepare_source reads it.
+                ensure_schema(conn, config.project_schema)
+                needed = {config.source(source).legacy_space, space} - {None}
+                src = prepare_source(conn, config, source, pipeline.provider, spaces=sorted(needed))
+                smoke = latest_smoke(conn, config.project_schema, space)
+                cost = estimate(conn, src, config.space(space).on(src), provider, smoke=smoke)
+                conn.rollback()
+            context.log.info(f"estimate: {cost.line()}")
+            stats = reembed(db, config, source, space, provider, logger=context.log)
         price = cost.price_per_million
         return dg.MaterializeResult(metadata={
             "rows_embedded": stats.embedded,
