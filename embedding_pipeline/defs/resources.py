@@ -25,7 +25,7 @@ from embedding_pipeline.errors import (
     SpaceIdentityError,
     ValidationFailed,
 )
-from embedding_pipeline.providers import build_provider
+from embedding_pipeline.providers.cache import cached_provider
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -96,11 +96,10 @@ def _load(path: str | None) -> PipelineConfig:
     return load_config(path)
 
 
-@functools.lru_cache(maxsize=16)
 def _provider(path: str | None, space: str):
-    # Models are loaded once per process: a run materializing several partitions reuses them.
-    config = _load(path)
-    return build_provider(space, config.space(space))
+    # The process-wide cache (providers.cache): a run materializing several partitions, and the CLI
+    # in the same process, load each model once.
+    return cached_provider(_load(path).space(space))
 
 
 # Errors no retry can fix: the config is wrong, a table is missing, a model was swapped, a gate refused.

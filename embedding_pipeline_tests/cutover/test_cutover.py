@@ -321,7 +321,7 @@ def test_status_reports_every_space(env):
 
 def test_dagster_cutover_job_refuses_then_forces(env, monkeypatch):
     """The Launchpad job fails a refused run with its reasons and records a forced one."""
-    monkeypatch.setattr("embedding_pipeline.defs.resources.build_provider", lambda name, cfg: env.provider_for(name))
+    monkeypatch.setattr("embedding_pipeline.defs.resources.cached_provider", lambda space: env.provider_for(space.name))
     import dagster as dg
 
     from embedding_pipeline.defs.cutover.jobs import build
