@@ -30,7 +30,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
+# On the embedded database, seed the demo tables first (a no-op once seeded) so the UI's first
+# materialization has data; an external database (EMBEDDING_PIPELINE_DATABASE_URL) is never seeded.
 dev: install
+	test -n "$$EMBEDDING_PIPELINE_DATABASE_URL" || $(BIN)/embedding-pipeline demo --seed-only
 	$(BIN)/embedding-pipeline dev
 
 bench: install

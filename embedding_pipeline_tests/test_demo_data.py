@@ -207,3 +207,21 @@ def test_generator_default_scale_is_varied_and_deterministic():
     assert not any(q["text"].lower() in templates for q in demo_eval_queries(n_per_topic=10))
     with pytest.raises(ValueError):
         demo_eval_queries(n_per_topic=11)
+
+
+def test_seed_only_gives_the_ui_data_and_registered_spaces(db, config_path, capsys):
+    """`demo --seed-only` (what `make dev` runs first): demo rows with legacy vectors and every space
+    registered and bound, so the UI's first materialization works; running it again adds nothing."""
+    from embedding_pipeline.cli import main
+
+    argv = ["demo", "--seed-only", "--documents", "20", "--messages", "10"]
+    assert main(argv) == 0
+    assert "demo data ready" in capsys.readouterr().out
+    with db.connect() as conn:
+        counts = conn.execute("SELECT (SELECT count(*) FROM public.documents), "
+                              "(SELECT count(*) FROM public.message_embeddings)").fetchone()
+        bound = conn.execute("SELECT source, space FROM embedding_pipeline.bindings ORDER BY 1, 2").fetchall()
+    assert counts == (20, 10)
+    assert {s for _, s in bound} == {"minilm", "e5-small", "minilm-256"} and len(bound) == 6
+    assert main(argv) == 0
+    assert "'inserted': 0" in capsys.readouterr().out

@@ -67,4 +67,7 @@ def register(sub):
     p = sub.add_parser("demo", help="seed the demo tables and run the migration end to end")
     p.add_argument("--documents", type=int, default=2000)
     p.add_argument("--messages", type=int, default=1500)
+    p.add_argument("--seed-only", action="store_true",
+                   help="only seed the demo tables and register the spaces (quick when already seeded): "
+                        "data for the UI's first materialization")
     p.set_defaults(handler=cmd_demo)

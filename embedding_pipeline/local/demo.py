@@ -45,13 +45,18 @@ def seed(ctx, args) -> None:
     print(f"   {counts}")
 
 
-def reembed_through_dagster(ctx, config: PipelineConfig, materialize: Materialize) -> None:
-    _step(f"register spaces and re-embed both tables into {', '.join(config.spaces_for('documents'))} (Dagster runs)")
+def register(ctx, config: PipelineConfig) -> None:
+    """Register the spaces and create their tables and bindings (what `embedding-pipeline setup` does)."""
     with ctx.db.connect() as conn:
         ensure_schema(conn, config.project_schema)
         conn.commit()
         for source in config.sources:
             prepare_source(conn, config, source, ctx.provider)
+
+
+def reembed_through_dagster(ctx, config: PipelineConfig, materialize: Materialize) -> None:
+    _step(f"register spaces and re-embed both tables into {', '.join(config.spaces_for('documents'))} (Dagster runs)")
+    register(ctx, config)
     for source in config.sources:
         t = time.monotonic()
         result = materialize(source, list(config.spaces_for(source)))
@@ -193,6 +198,11 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     started = ensure_e5_servers(config, log=lambda m: print(f"   {m}"))
     try:
         seed(ctx, args)
+        if getattr(args, "seed_only", False):
+            register(ctx, config)
+            print("\ndemo data ready: `make dev` (or `embedding-pipeline dev`) and materialize "
+                  "embeddings/<space> for a partition")
+            return 0
         reembed_through_dagster(ctx, config, materialize)
         run_validation(ctx, config)
         backups(ctx, config)
