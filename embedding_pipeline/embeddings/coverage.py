@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db import queries as db_queries
 from embedding_pipeline.db.connection import declared_dimension
 from embedding_pipeline.embeddings import queries
 from embedding_pipeline.spaces.columns import bound_legacy_column
@@ -108,5 +109,5 @@ def space_counts(conn, config: PipelineConfig, source: SourceTable, space: str) 
 
 
 def _exists(conn, schema: str, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+    return conn.execute(db_queries.select_regclass_exists(),
                         (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
