@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from embedding_pipeline.backup import queries
 from embedding_pipeline.db import embedded as embedded_postgres
 from embedding_pipeline.db.connection import Database, url_with_database
 from embedding_pipeline.errors import BackupError
@@ -34,14 +35,7 @@ class TableRef:
 
 
 def primary_key(conn: psycopg.Connection, ref: TableRef) -> list[str]:
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
-        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
-        "WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary ORDER BY k.ord",
-        (ref.schema, ref.table),
-    ).fetchall()
+    rows = conn.execute(queries.select_primary_key(), (ref.schema, ref.table)).fetchall()
     return [r[0] for r in rows]
 
 
@@ -53,20 +47,15 @@ def table_checksum(conn: psycopg.Connection, ref: TableRef) -> tuple[int, str]:
     Runs in a (sub)transaction that pins the settings row text depends on; inside a caller's
     open transaction those settings last until that transaction ends."""
     with conn.transaction():
-        exists = conn.execute("SELECT to_regclass(%s)", (sql.SQL("{}.{}").format(
-            sql.Identifier(ref.schema), sql.Identifier(ref.table)).as_string(conn),)).fetchone()[0]
+        exists = conn.execute(queries.select_regclass(),
+                              (sql.Identifier(ref.schema, ref.table).as_string(conn),)).fetchone()[0]
         if exists is None:
             raise BackupError(f"table {ref.qualified} does not exist")
         for name, value in _CHECKSUM_SETTINGS.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+            conn.execute(queries.set_local_config(), (name, value))
         key = ref.key if ref.key is not None else primary_key(conn, ref)
         # The whole row breaks ties, so a caller-given key that is not unique still orders fully.
-        order = [sql.SQL('r.{}::text COLLATE "C"').format(sql.Identifier(c)) for c in key]
-        order.append(sql.SQL('ROW(r.*)::text COLLATE "C"'))
-        query = sql.SQL(
-            "SELECT count(*), md5(coalesce(string_agg(md5(ROW(r.*)::text), '' ORDER BY {}), '')) FROM {}.{} AS r"
-        ).format(sql.SQL(", ").join(order), sql.Identifier(ref.schema), sql.Identifier(ref.table))
-        rows, digest = conn.execute(query).fetchone()
+        rows, digest = conn.execute(queries.table_checksum(ref.schema, ref.table, key)).fetchone()
     return int(rows), digest
 
 
@@ -130,11 +119,11 @@ def pg_client(db: Database, name: str, configured: str | None, server_major: int
 
 
 def server_version(conn: psycopg.Connection) -> tuple[int, str]:
-    return conn.info.server_version // 10000, conn.execute("SHOW server_version").fetchone()[0]
+    return conn.info.server_version // 10000, conn.execute(queries.show_server_version()).fetchone()[0]
 
 
 def missing_tables(conn: psycopg.Connection, refs: list[TableRef]) -> list[str]:
-    return [f"{r.schema}.{r.table}" for r in refs if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(
+    return [f"{r.schema}.{r.table}" for r in refs if conn.execute(queries.select_regclass(), (sql.Identifier(
         r.schema, r.table).as_string(conn),)).fetchone()[0] is None]
 
 
@@ -144,11 +133,7 @@ def referenced_closure(conn: psycopg.Connection, refs: list[TableRef]) -> list[T
     todo = list(out)
     while todo:
         schema, table = todo.pop()
-        for s, t in conn.execute(
-                "SELECT rn.nspname, rc.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_class rc ON rc.oid = k.confrelid "
-                "JOIN pg_namespace rn ON rn.oid = rc.relnamespace "
-                "WHERE k.contype = 'f' AND n.nspname = %s AND c.relname = %s", (schema, table)).fetchall():
+        for s, t in conn.execute(queries.select_foreign_key_targets(), (schema, table)).fetchall():
             if (s, t) not in out:
                 out[(s, t)] = TableRef(s, t)
                 todo.append((s, t))
@@ -169,9 +154,9 @@ def restore_commands(pg_restore: str, url: str, dump: Path, manifest: dict) -> l
     # pg_dump -t leaves out the tables' schemas and the vector extension; the target needs both.
     ext = manifest.get("extension")
     schemas = dict.fromkeys(manifest["schemas"] + ([ext["schema"]] if ext else []))
-    stmts = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(s)) for s in schemas]
+    stmts = [queries.create_schema(s) for s in schemas]
     if ext:
-        stmts.append(sql.SQL("CREATE EXTENSION IF NOT EXISTS vector SCHEMA {}").format(sql.Identifier(ext["schema"])))
+        stmts.append(queries.create_vector_extension(ext["schema"]))
     prep = "; ".join(s.as_string() for s in stmts)
     psql = str(Path(pg_restore).with_name("psql"))
     return [

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
+from embedding_pipeline.backup import queries
 from embedding_pipeline.backup import redis as backup_redis
 from embedding_pipeline.backup.catalog import (
     MANIFEST_FILE,
@@ -162,7 +162,7 @@ def take_backup(db: Database, *, source: str, tables: list[TableRef], cfg: Backu
             conn.read_only = True
             # pg_dump reads the snapshot this transaction exported, so the checksums below
             # describe exactly the rows in the dump even while writers keep going.
-            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            snapshot = conn.execute(queries.export_snapshot()).fetchone()[0]
             missing = missing_tables(conn, refs)
             if missing:
                 raise BackupError(f"backup of source {source!r}: table(s) {', '.join(missing)} do not exist; "
@@ -182,8 +182,7 @@ def take_backup(db: Database, *, source: str, tables: list[TableRef], cfg: Backu
                 rows, checksum = table_checksum(conn, TableRef(ref.schema, ref.table, key))
                 table_rows.append({"schema": ref.schema, "table": ref.table, "key": key,
                                    "rows": rows, "checksum": checksum})
-            ext = conn.execute("SELECT n.nspname, e.extversion FROM pg_extension e "
-                               "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
+            ext = conn.execute(queries.select_vector_extension()).fetchone()
             conn.rollback()
         redis_info = backup_redis.snapshot(redis_url, folder) if redis_url else None
     except BackupError:
@@ -254,11 +253,11 @@ def verify_backup(db: Database, manifest_path: Path, cfg: BackupConfig) -> Backu
 def _prepare_scratch(scratch_url: str, manifest: dict) -> None:
     with psycopg.connect(scratch_url, autocommit=True) as conn:
         for schema in manifest["schemas"]:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(queries.create_schema(schema))
         if manifest.get("extension"):
-            ext_schema = sql.Identifier(manifest["extension"]["schema"])
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ext_schema))
-            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS vector SCHEMA {}").format(ext_schema))
+            ext_schema = manifest["extension"]["schema"]
+            conn.execute(queries.create_schema(ext_schema))
+            conn.execute(queries.create_vector_extension(ext_schema))
 
 
 def _toc_without_triggers(pg_restore: Path, dump: Path, tmp: Path) -> Path:
@@ -278,7 +277,7 @@ def _restore_and_compare(db: Database, cfg: BackupConfig, dump: Path, manifest: 
         scratch = f"ep_verify_{uuid.uuid4().hex[:16]}"
         try:
             # template0: nothing a site added to template1 can collide with the restored tables.
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
+            admin.execute(queries.create_scratch_database(scratch))
         except psycopg.errors.InsufficientPrivilege:
             raise BackupError("this role may not CREATE DATABASE, which verification needs for its scratch "
                               "database: grant it CREATEDB or verify with a role that has it") from None
@@ -302,5 +301,5 @@ def _restore_and_compare(db: Database, cfg: BackupConfig, dump: Path, manifest: 
                         raise BackupError(f"{t['schema']}.{t['table']}: checksum after restore differs from the one "
                                           "taken when dumped")
         finally:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+            admin.execute(queries.drop_scratch_database(scratch))
     return {"pg_restore_version": restore_version, "tables": len(manifest["tables"]), "scratch_database": scratch}

@@ -6,7 +6,7 @@ import getpass
 import json
 from datetime import datetime
 
-from psycopg import sql
+from embedding_pipeline.db import queries
 
 
 def who(actor: str | None) -> str:
@@ -27,8 +27,6 @@ def record_audit(conn, schema: str, action: str, source: str | None, space: str 
                  actor: str | None = None, forced: bool = False, details: dict | None = None) -> int:
     """One audit row in the caller's transaction, so it commits (or not) with the change it records."""
     return conn.execute(
-        sql.SQL("INSERT INTO {}.audit (action, source, space, actor, forced, details) "
-                "VALUES (%s, %s, %s, coalesce(%s, current_user), %s, %s::jsonb) RETURNING id").format(
-            sql.Identifier(schema)),
+        queries.insert_audit(schema),
         (action, source, space, actor, forced, json.dumps(details or {}, default=_json_default)),
     ).fetchone()[0]

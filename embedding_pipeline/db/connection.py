@@ -15,11 +15,11 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from embedding_pipeline.config import state_dir
 from embedding_pipeline.db import embedded as embedded_postgres
+from embedding_pipeline.db import queries
 from embedding_pipeline.errors import DatabaseError
 
 DATABASE_URL_ENV = "EMBEDDING_PIPELINE_DATABASE_URL"
@@ -78,10 +78,10 @@ def redact(url: str) -> str:
 
 def _ensure_database(admin_url: str, dbname: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        exists = conn.execute(queries.select_database(), (dbname,)).fetchone()
         if not exists:
             try:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+                conn.execute(queries.create_database(dbname))
             except psycopg.errors.DuplicateDatabase:
                 pass  # another process won the race
 
@@ -170,9 +170,9 @@ def ensure_extension(conn: psycopg.Connection) -> str:
     major = conn.info.server_version // 10000
     if major < MIN_SERVER_MAJOR:
         raise DatabaseError(f"PostgreSQL {major} is too old: embedding_pipeline needs {MIN_SERVER_MAJOR} or newer")
-    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    row = conn.execute(queries.select_vector_version()).fetchone()
     if row is None:
-        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+        available = conn.execute(queries.select_vector_available()).fetchone()
         if not available:
             raise DatabaseError(
                 "the pgvector extension is not installed on this PostgreSQL server. Install pgvector >= 0.7 "
@@ -180,7 +180,7 @@ def ensure_extension(conn: psycopg.Connection) -> str:
                 f"{DATABASE_URL_ENV} to use the embedded server, which ships it."
             )
         try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute(queries.create_vector_extension())
         except psycopg.errors.InsufficientPrivilege as e:
             raise DatabaseError(
                 "pgvector is available but not created and this role may not create it: "
@@ -188,7 +188,7 @@ def ensure_extension(conn: psycopg.Connection) -> str:
             ) from e
         except psycopg.errors.UniqueViolation:
             conn.rollback()  # created concurrently by another process
-        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        row = conn.execute(queries.select_vector_version()).fetchone()
         register_vector_types(conn)
     version = row[0]
     parts = tuple(int(p) for p in version.split(".")[:2])
@@ -198,33 +198,18 @@ def ensure_extension(conn: psycopg.Connection) -> str:
 
 
 def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm')",
-        (schema, table),
-    ).fetchone() is not None
+    return conn.execute(queries.select_table_exists(), (schema, table)).fetchone() is not None
 
 
 def column_types(conn: psycopg.Connection, schema: str, table: str) -> dict[str, str]:
     """Column name -> formatted type (e.g. 'vector(384)'), schema-qualified through pg_catalog."""
-    rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        (schema, table),
-    ).fetchall()
+    rows = conn.execute(queries.select_column_types(), (schema, table)).fetchall()
     return {name: typ for name, typ in rows}
 
 
 def declared_dimension(conn: psycopg.Connection, schema: str, table: str, column: str) -> int | None:
     """The dimension a vector/halfvec column declares (atttypmod), or None when undeclared/missing."""
-    row = conn.execute(
-        "SELECT a.atttypmod, t.typname FROM pg_attribute a "
-        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN pg_type t ON t.oid = a.atttypid "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
-        (schema, table, column),
-    ).fetchone()
+    row = conn.execute(queries.select_column_typmod(), (schema, table, column)).fetchone()
     if row is None:
         return None
     typmod, typname = row

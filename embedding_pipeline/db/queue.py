@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db import queries
 from embedding_pipeline.db.connection import table_exists
 from embedding_pipeline.db.schema import SCHEMA_LOCK, ensure_schema
 
@@ -42,28 +43,24 @@ def ensure_capture_tables(conn, schema: str) -> None:
         return
     ensure_schema(conn, schema)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        conn.execute(queries.lock_schema(), (SCHEMA_LOCK,))
         for stmt in _DDL:
             conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
 
 
 def capture_mode(conn, schema: str, source: str, lock: bool = False):
-    row = conn.execute(sql.SQL("SELECT mode, high_water FROM {} WHERE source = %s {}").format(
-        sql.Identifier(schema, STATE), sql.SQL("FOR UPDATE") if lock else sql.SQL("")), (source,)).fetchone()
+    row = conn.execute(queries.select_capture_mode(sql.Identifier(schema, STATE), lock=lock), (source,)).fetchone()
     return row if row else (None, None)
 
 
 def _exists(conn, schema: str, table: str) -> bool:
     name = sql.Identifier(schema, table).as_string(conn)
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+    return conn.execute(queries.select_regclass_exists(), (name,)).fetchone()[0]
 
 
 def enqueue(conn, schema: str, source: str, ids: list, op: str) -> int:
     """Queue source ids not already queued for the source; returns how many were added."""
-    cur = conn.execute(sql.SQL(
-        "INSERT INTO {q} (source, source_id, op) SELECT DISTINCT %(src)s, x, %(op)s FROM unnest(%(ids)s::text[]) x "
-        "WHERE NOT EXISTS (SELECT 1 FROM {q} q WHERE q.source = %(src)s AND q.source_id = x)").format(
-            q=sql.Identifier(schema, QUEUE)), {"src": source, "op": op, "ids": [str(i) for i in ids]})
+    cur = conn.execute(queries.enqueue(sql.Identifier(schema, QUEUE)), {"src": source, "op": op, "ids": [str(i) for i in ids]})
     return cur.rowcount
 
 
@@ -74,9 +71,7 @@ def queue_stats(conn, schema: str, source: str) -> dict:
     """Queue depth and lag (age of the oldest entry, 0 when empty) of one source."""
     if not _exists(conn, schema, QUEUE):
         return {"queue_depth": 0, "queue_lag_seconds": 0.0}
-    depth, lag = conn.execute(sql.SQL(
-        "SELECT count(*), extract(epoch FROM clock_timestamp() - min(at)) FROM {} WHERE source = %s").format(
-            sql.Identifier(schema, QUEUE)), (source,)).fetchone()
+    depth, lag = conn.execute(queries.queue_depth_and_lag(sql.Identifier(schema, QUEUE)), (source,)).fetchone()
     return {"queue_depth": int(depth), "queue_lag_seconds": float(lag or 0.0)}
 
 
@@ -95,9 +90,8 @@ def queue_stats_hook(conn, config: PipelineConfig, source: str) -> dict | None:
         return stats if stats["queue_depth"] else None
     if mode == "cursor":
         c = config.source(source)
-        n, lag = conn.execute(sql.SQL(
-            "SELECT count(*), extract(epoch FROM clock_timestamp() - min({u})) FROM {t} WHERE {u} > %s").format(
-                u=sql.Identifier(c.updated_at_column), t=sql.Identifier(c.schema_, c.table)), (high_water,)).fetchone()
+        n, lag = conn.execute(queries.cursor_backlog(sql.Identifier(c.schema_, c.table), c.updated_at_column),
+                              (high_water,)).fetchone()
         stats = {"queue_depth": stats["queue_depth"] + int(n),
                  "queue_lag_seconds": max(stats["queue_lag_seconds"], float(lag or 0.0))}
     return stats
@@ -108,14 +102,13 @@ def pending_signal(conn, config: PipelineConfig, source: str) -> str | None:
     schema = config.project_schema
     if not _exists(conn, schema, QUEUE):
         return None  # capture was never set up: nothing to create from a sensor tick
-    top = conn.execute(sql.SQL("SELECT max(id) FROM {} WHERE source = %s").format(sql.Identifier(schema, QUEUE)),
-                       (source,)).fetchone()[0]
+    top = conn.execute(queries.max_queue_id(sql.Identifier(schema, QUEUE)), (source,)).fetchone()[0]
     parts = [f"q{top}"] if top is not None else []
     mode, high_water = capture_mode(conn, schema, source) if _exists(conn, schema, STATE) else (None, None)
     c = config.source(source)
     if mode == "cursor" and table_exists(conn, c.schema_, c.table):
-        newer = conn.execute(sql.SQL("SELECT max({u}) FROM {t} WHERE {u} > %s").format(
-            u=sql.Identifier(c.updated_at_column), t=sql.Identifier(c.schema_, c.table)), (high_water,)).fetchone()[0]
+        newer = conn.execute(queries.max_updated_past(sql.Identifier(c.schema_, c.table), c.updated_at_column),
+                             (high_water,)).fetchone()[0]
         if newer is not None:
             parts.append(f"c{newer.timestamp():.6f}")
     conn.commit()

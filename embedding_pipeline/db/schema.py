@@ -10,6 +10,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from embedding_pipeline.db import queries
 from embedding_pipeline.db.connection import ensure_extension
 
 SCHEMA_LOCK = 724_311_001  # pg_advisory_xact_lock key for DDL of the project schema
@@ -114,6 +115,6 @@ def ensure_schema(conn: psycopg.Connection, project_schema: str) -> None:
     ensure_extension(conn)
     s = sql.Identifier(project_schema)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        conn.execute(queries.lock_schema(), (SCHEMA_LOCK,))
         for stmt in _DDL:
             conn.execute(sql.SQL(stmt).format(s=s))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from psycopg import sql
-
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database
+from embedding_pipeline.embeddings import queries
 from embedding_pipeline.spaces.bindings import active_binding, binding
 from embedding_pipeline.spaces.columns import (
     column_type,
@@ -56,13 +55,11 @@ def keep_retired_current(db: Database, config: PipelineConfig, source: str, ids:
         column = space_column(src.cfg.legacy_vector_column, prev.space)
         if column_type(conn, src.cfg.schema_, src.cfg.table, column) is None:
             return None
-        rows = conn.execute(sql.SQL("SELECT s.id, s.content FROM ({}) s WHERE s.id = ANY(%s) ORDER BY s.id").format(
-            src.eligible_rows()), (list(ids),)).fetchall()
+        rows = conn.execute(queries.select_eligible_by_ids(src.eligible_rows()), (list(ids),)).fetchall()
         conn.commit()
         written = 0
         c = src.cfg
-        write = sql.SQL("UPDATE {tbl} SET {col} = %s WHERE {id} = %s AND {txt} = %s").format(
-            tbl=src.ident, col=sql.Identifier(column), id=sql.Identifier(c.id_column), txt=sql.Identifier(c.text_column))
+        write = queries.update_app_column(src.ident, column, c.id_column, c.text_column)
         provider = provider_for(prev.space)
         for i in range(0, len(rows), app_cfg.fill_batch_size):
             chunk = rows[i:i + app_cfg.fill_batch_size]

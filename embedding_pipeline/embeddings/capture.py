@@ -42,10 +42,11 @@ from embedding_pipeline.db.queue import (
     ensure_capture_tables,
     queue_stats,
 )
+from embedding_pipeline.embeddings import queries
 from embedding_pipeline.embeddings.reembed import RunInProgress, delete_orphans, reembed
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.bindings import bindings
-from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable, inspect_source
+from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 log = logging.getLogger(__name__)
 
@@ -60,77 +61,33 @@ def trigger_name(source: str) -> str:
 
 def _function_ddl(conn, config: PipelineConfig, source: SourceTable) -> sql.Composed:
     c = source.cfg
-    ins = sql.SQL("INSERT INTO {q} (source, source_id, op) VALUES ({src}, ").format(
-        q=sql.Identifier(config.project_schema, QUEUE), src=sql.Literal(source.name))
-    idc, txt = sql.Identifier(c.id_column), sql.Identifier(c.text_column)
-    if c.row_filter:
-        # The filter reads bare column names: evaluate it over OLD / NEW as one-row relations named
-        # like the table, so `documents.deleted_at IS NULL` works too.
-        alias = sql.Identifier(c.table)
-        filt = sql.SQL(c.row_filter)
-        verdict = sql.SQL(
-            "SELECT coalesce(({f}), false) INTO _ep_was FROM (SELECT OLD.*) AS {a};\n"
-            "      SELECT coalesce(({f}), false) INTO _ep_now FROM (SELECT NEW.*) AS {a};\n"
-            "      IF _ep_was = _ep_now THEN RETURN NULL; END IF;").format(f=filt, a=alias)
-    else:
-        verdict = sql.SQL("RETURN NULL;")
-    body = sql.SQL("""
-#variable_conflict use_column
-DECLARE
-  _ep_was boolean;
-  _ep_now boolean;
-BEGIN
-  IF TG_OP = 'DELETE' THEN
-    {ins}OLD.{id}::text, 'D');
-    RETURN NULL;
-  END IF;
-  IF TG_OP = 'UPDATE' THEN
-    IF OLD.{id} IS DISTINCT FROM NEW.{id} THEN
-      {ins}OLD.{id}::text, 'D');
-    ELSIF OLD.{txt} IS NOT DISTINCT FROM NEW.{txt} THEN
-      {verdict}
-    END IF;
-  END IF;
-  {ins}NEW.{id}::text, left(TG_OP, 1));
-  RETURN NULL;
-END
-""").format(ins=ins, id=idc, txt=txt, verdict=verdict)
-    return sql.SQL(
-        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER AS {body}"
-    ).format(fn=sql.Identifier(config.project_schema, function_name(source.name)),
-             body=sql.Literal(body.as_string(conn)))
+    body = queries.trigger_function_body(sql.Identifier(config.project_schema, QUEUE), source.name, c.id_column,
+                                         c.text_column, c.row_filter, c.table)
+    return queries.create_trigger_function(sql.Identifier(config.project_schema, function_name(source.name)),
+                                           body.as_string(conn))
 
 
 def _writer_roles(conn, source: SourceTable) -> list[str | None]:
     """Roles (None for PUBLIC) that may write the source, its owner excluded: the trigger runs as them."""
-    rows = conn.execute(
-        "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END "
-        "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner "
-        "AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE')", (source.ident.as_string(conn),)).fetchall()
+    rows = conn.execute(queries.select_writer_roles(), (source.ident.as_string(conn),)).fetchall()
     return [r[0] for r in rows]
 
 
 def _grant_queue(conn, schema: str, roles: list[str | None]) -> None:
     for role in roles:
-        who = sql.SQL("PUBLIC") if role is None else sql.Identifier(role)
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), who))
-        conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(sql.Identifier(schema, QUEUE), who))
-        conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
-            sql.Identifier(schema, f"{QUEUE}_id_seq"), who))
+        for stmt in queries.grant_queue(schema, QUEUE, role):
+            conn.execute(stmt)
 
 
 def _has_trigger(conn, table: sql.Identifier, source: str) -> bool:
-    return conn.execute("SELECT count(*) > 0 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
-                        (table.as_string(conn), trigger_name(source))).fetchone()[0]
+    return conn.execute(queries.has_trigger(), (table.as_string(conn), trigger_name(source))).fetchone()[0]
 
 
 def _drop_trigger(conn, config: PipelineConfig, source: SourceTable | None, name: str) -> None:
     # Checked first: DROP TRIGGER IF EXISTS still needs ownership of the table, which cursor mode lacks.
     if source is not None and _has_trigger(conn, source.ident, name):
-        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-            sql.Identifier(trigger_name(name)), source.ident))
-    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-        sql.Identifier(config.project_schema, function_name(name))))
+        conn.execute(queries.drop_trigger(trigger_name(name), source.ident))
+    conn.execute(queries.drop_function(sql.Identifier(config.project_schema, function_name(name))))
 
 
 def enable_capture(conn, config: PipelineConfig, source: str, *, mode: str = "auto",
@@ -149,20 +106,14 @@ def enable_capture(conn, config: PipelineConfig, source: str, *, mode: str = "au
         try:
             with conn.transaction():
                 # CREATE TRIGGER locks the table against writes: never queue the application behind us for long.
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+                conn.execute(queries.set_lock_timeout(lock_timeout))
                 conn.execute(_function_ddl(conn, config, src))
-                conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                    sql.Identifier(trigger_name(source)), src.ident))
-                conn.execute(sql.SQL(
-                    "CREATE TRIGGER {tg} AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION {fn}()"
-                ).format(tg=sql.Identifier(trigger_name(source)), tbl=src.ident,
-                         fn=sql.Identifier(schema, function_name(source))))
+                conn.execute(queries.drop_trigger(trigger_name(source), src.ident))
+                conn.execute(queries.create_trigger(trigger_name(source), src.ident,
+                                                    sql.Identifier(schema, function_name(source))))
                 roles = _writer_roles(conn, src)
                 _grant_queue(conn, schema, roles)
-                conn.execute(sql.SQL(
-                    "INSERT INTO {} AS st (source, mode, high_water) VALUES (%s, 'trigger', NULL) ON CONFLICT (source) "
-                    "DO UPDATE SET mode = 'trigger', high_water = NULL, enabled_at = now() WHERE st.mode <> 'trigger'"
-                ).format(state), (source,))
+                conn.execute(queries.upsert_state_trigger(state), (source,))
                 record_audit(conn, schema, "capture_enable", source, details={"mode": "trigger", "granted_to": roles})
             return capture_status(conn, config, source)
         except psycopg.errors.InsufficientPrivilege as e:
@@ -179,13 +130,9 @@ def enable_capture(conn, config: PipelineConfig, source: str, *, mode: str = "au
         raise ConfigError(f"sources.{source}.updated_at_column is not set, and capture without a trigger needs it: "
                           "name a timestamptz column the application bumps on every write, or grant TRIGGER")
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+        conn.execute(queries.set_lock_timeout(lock_timeout))
         _drop_trigger(conn, config, src, source)  # switching from trigger to cursor
-        conn.execute(sql.SQL(
-            "INSERT INTO {} AS st (source, mode, high_water) VALUES (%s, 'cursor', clock_timestamp()) "
-            "ON CONFLICT (source) DO UPDATE SET mode = 'cursor', high_water = clock_timestamp(), enabled_at = now() "
-            "WHERE st.mode <> 'cursor'"
-        ).format(state), (source,))
+        conn.execute(queries.upsert_state_cursor(state), (source,))
         record_audit(conn, schema, "capture_enable", source, details={"mode": "cursor"})
     return capture_status(conn, config, source)
 
@@ -199,10 +146,9 @@ def disable_capture(conn, config: PipelineConfig, source: str, *, lock_timeout: 
     src = inspect_source(conn, source, cfg) if table_exists(conn, cfg.schema_, cfg.table) else None
     conn.commit()
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+        conn.execute(queries.set_lock_timeout(lock_timeout))
         _drop_trigger(conn, config, src, source)
-        row = conn.execute(sql.SQL("DELETE FROM {} WHERE source = %s RETURNING mode").format(
-            sql.Identifier(schema, STATE)), (source,)).fetchone()
+        row = conn.execute(queries.delete_state(sql.Identifier(schema, STATE)), (source,)).fetchone()
         record_audit(conn, schema, "capture_disable", source, details={"was": row[0] if row else None})
     return {"source": source, "disabled": row is not None, "was": row[0] if row else None,
             **queue_stats(conn, schema, source)}
@@ -212,11 +158,9 @@ def capture_status(conn, config: PipelineConfig, source: str) -> dict:
     schema = config.project_schema
     cfg = config.source(source)
     ensure_capture_tables(conn, schema)
-    row = conn.execute(sql.SQL("SELECT mode, high_water, enabled_at FROM {} WHERE source = %s").format(
-        sql.Identifier(schema, STATE)), (source,)).fetchone()
+    row = conn.execute(queries.select_state(sql.Identifier(schema, STATE)), (source,)).fetchone()
     trig = _has_trigger(conn, sql.Identifier(cfg.schema_, cfg.table), source)
-    fn = conn.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                      "WHERE n.nspname = %s AND p.proname = %s", (schema, function_name(source))).fetchone()[0]
+    fn = conn.execute(queries.count_functions(), (schema, function_name(source))).fetchone()[0]
     conn.commit()
     return {"source": source, "enabled": row is not None, "mode": row[0] if row else None,
             "high_water": row[1] if row else None, "enabled_at": row[2] if row else None,
@@ -242,25 +186,14 @@ def poll_cursor(conn, config: PipelineConfig, source: str, *, overlap_seconds: f
             return 0
         src = inspect_source(conn, source, config.source(source))
         c = src.cfg
-        out_of_date = [sql.SQL(
-            "(c.ok AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.source_id = c.id AND e.content_sha256 = {h})) "
-            "OR (NOT c.ok AND EXISTS (SELECT 1 FROM {t} e WHERE e.source_id = c.id))").format(
-                t=config.space(s).on(source).ident, h=config.space(s).content_hash(sql.SQL("c.content")))
-            for s in target_spaces(conn, config, source)] or [sql.SQL("false")]
-        filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
-        queued, newest = conn.execute(sql.SQL(
-            "WITH c AS (SELECT {id} AS id, {txt} AS content, coalesce(({filt}) AND {txt} " + HAS_TEXT + ", false) AS ok, "
-            "{upd} AS upd FROM {tbl} WHERE {upd} > %(since)s::timestamptz - make_interval(secs => %(overlap)s)), "
-            "ins AS (INSERT INTO {q} (source, source_id, op) SELECT %(src)s, c.id::text, 'C' FROM c "
-            "WHERE NOT EXISTS (SELECT 1 FROM {q} q WHERE q.source = %(src)s AND q.source_id = c.id::text) "
-            "AND ({ood}) RETURNING 1) "
-            "SELECT (SELECT count(*) FROM ins), (SELECT max(upd) FROM c)").format(
-                id=sql.Identifier(c.id_column), txt=sql.Identifier(c.text_column), filt=filt,
-                upd=sql.Identifier(c.updated_at_column), tbl=src.ident, q=sql.Identifier(schema, QUEUE),
-                ood=sql.SQL(" OR ").join(out_of_date)),
+        out_of_date = [queries.out_of_date(config.space(s).on(source).ident,
+                                           config.space(s).content_hash(sql.SQL("c.content")))
+                       for s in target_spaces(conn, config, source)]
+        queued, newest = conn.execute(
+            queries.poll_cursor(src.ident, c.id_column, c.text_column, c.row_filter, c.updated_at_column,
+                                sql.Identifier(schema, QUEUE), out_of_date),
             {"since": high_water or "-infinity", "overlap": overlap_seconds, "src": source}).fetchone()
-        conn.execute(sql.SQL("UPDATE {} SET high_water = greatest(high_water, %s) WHERE source = %s").format(
-            sql.Identifier(schema, STATE)), (newest, source))
+        conn.execute(queries.advance_high_water(sql.Identifier(schema, STATE)), (newest, source))
     return queued
 
 
@@ -299,14 +232,11 @@ def consume(db, config: PipelineConfig, source: str, provider_for, *, limit: int
         conn.commit()
         try:
             with conn.transaction():
-                entries = conn.execute(sql.SQL(
-                    "SELECT id, source_id FROM {} WHERE source = %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
-                ).format(sql.Identifier(schema, QUEUE)), (source, limit)).fetchall()
+                entries = conn.execute(queries.claim_entries(sql.Identifier(schema, QUEUE)), (source, limit)).fetchall()
                 if not entries:
                     return result
                 # Typed by the database so reembed's `id = ANY(...)` compares like with like (int, uuid, text).
-                ids = [r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT x::{} FROM unnest(%s::text[]) x").format(
-                    sql.SQL(src.id_type)), ([e[1] for e in entries],)).fetchall()]
+                ids = [r[0] for r in conn.execute(queries.cast_ids(src.id_type), ([e[1] for e in entries],)).fetchall()]
                 cursor_mode = capture_mode(conn, schema, source)[0] == "cursor"
                 for space in spaces:
                     stats = _reembed_waiting(db, config, source, space, provider_for(space), ids, lock_wait_s, logger)
@@ -321,8 +251,7 @@ def consume(db, config: PipelineConfig, source: str, provider_for, *, limit: int
 
                 result["app_column"] = keep_retired_current(db, config, source, ids, provider_for, logger=logger)
                 entry_ids = [e[0] for e in entries]
-                conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(schema, QUEUE)),
-                             (entry_ids,))
+                conn.execute(queries.delete_entries(sql.Identifier(schema, QUEUE)), (entry_ids,))
                 result.update(claimed=len(entries), rows=len(ids), entry_ids=entry_ids)
         except RunInProgress as e:
             result["deferred"] = str(e)

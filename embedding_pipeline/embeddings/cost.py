@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from psycopg import sql
-
+from embedding_pipeline.embeddings import queries
 from embedding_pipeline.embeddings.reembed import pending_rows
 from embedding_pipeline.spaces.model import SpaceTable
 from embedding_pipeline.spaces.source import SourceTable
@@ -58,8 +57,8 @@ def estimate(conn, source: SourceTable, table: SpaceTable, provider, *, smoke: d
     """The cost of bringing ``table`` up to date; reads only (the sample and one count)."""
     space = table.space
     pending = pending_rows(source, table)
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM ({}) p").format(pending)).fetchone()[0]
-    texts = [r[0] for r in conn.execute(sql.SQL("SELECT p.content FROM ({}) p LIMIT %s").format(pending),
+    rows = conn.execute(queries.count_pending(pending)).fetchone()[0]
+    texts = [r[0] for r in conn.execute(queries.sample_pending(pending),
                                         (sample,)).fetchall()]
     ratio = _calibrated_ratio(smoke)
     if provider is None or (ratio is not None and space.transport == "openai"):

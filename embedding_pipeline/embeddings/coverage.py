@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db import queries as db_queries
 from embedding_pipeline.db.connection import declared_dimension
+from embedding_pipeline.embeddings import queries
 from embedding_pipeline.spaces.columns import bound_legacy_column
-from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable
+from embedding_pipeline.spaces.source import SourceTable
 
 
 @dataclass
@@ -72,18 +74,13 @@ def table_counts(conn, config: PipelineConfig, source: SourceTable, space: str) 
                          configured_dims=resolved.dimensions)
     counts.declared_dims = declared_dimension(conn, table.schema, table.name, "embedding")
     if counts.declared_dims is None and not _exists(conn, table.schema, table.name):
-        counts.eligible = conn.execute(sql.SQL("SELECT count(*) FROM ({}) s").format(source.eligible_rows())).fetchone()[0]
+        counts.eligible = conn.execute(queries.count_eligible(source.eligible_rows())).fetchone()[0]
         return counts
     tbl = table.ident
-    row = conn.execute(sql.SQL(
-        "SELECT count(s.id), count(e.source_id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
-        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
-        "count(*) FILTER (WHERE s.id IS NULL) "
-        "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id"
-    ).format(h=resolved.content_hash(sql.SQL("s.content")), eligible=source.eligible_rows(), tbl=tbl)).fetchone()
+    row = conn.execute(queries.table_counts(source.eligible_rows(), tbl,
+                                            resolved.content_hash(sql.SQL("s.content")))).fetchone()
     counts.eligible, counts.stored, counts.covered, counts.stale, counts.orphans = row
-    counts.versions = dict(conn.execute(
-        sql.SQL("SELECT model_version, count(*) FROM {} GROUP BY 1 ORDER BY 2 DESC").format(tbl)).fetchall())
+    counts.versions = dict(conn.execute(queries.count_versions(tbl)).fetchall())
     return counts
 
 
@@ -98,11 +95,7 @@ def legacy_counts(conn, config: PipelineConfig, source: SourceTable) -> SpaceCou
                          f"{c.schema_}.{c.table}.{col}", expected_version=version,
                          configured_dims=cfg.dimensions)
     counts.declared_dims = declared_dimension(conn, c.schema_, c.table, col)
-    filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
-    eligible, nonnull = conn.execute(sql.SQL(
-        "SELECT count(*), count({v}) FROM {tbl} WHERE ({filt}) AND {t} " + HAS_TEXT
-    ).format(v=sql.Identifier(col), tbl=source.ident, filt=filt,
-             t=sql.Identifier(c.text_column))).fetchone()
+    eligible, nonnull = conn.execute(queries.legacy_counts(source.ident, col, c.text_column, c.row_filter)).fetchone()
     counts.eligible, counts.stored, counts.covered = eligible, nonnull, nonnull
     counts.null_vectors = eligible - nonnull
     counts.versions = {version: nonnull} if nonnull else {}
@@ -116,5 +109,5 @@ def space_counts(conn, config: PipelineConfig, source: SourceTable, space: str) 
 
 
 def _exists(conn, schema: str, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+    return conn.execute(db_queries.select_regclass_exists(),
                         (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]

@@ -22,11 +22,12 @@ from psycopg import sql
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.embeddings import queries
 from embedding_pipeline.errors import EmbeddingPipelineError
 from embedding_pipeline.spaces.bindings import build_index, ensure_binding
 from embedding_pipeline.spaces.model import SpaceTable
 from embedding_pipeline.spaces.registry import register_space
-from embedding_pipeline.spaces.source import HAS_TEXT, SourceTable, inspect_source
+from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 log = logging.getLogger(__name__)
 
@@ -72,41 +73,26 @@ class ReembedStats:
 
 def pending_rows(source: SourceTable, table: SpaceTable, ids: bool = False, ordered: bool = False) -> sql.Composed:
     """Eligible rows with no vector in this space, or a vector of an older content."""
-    tbl = table.ident
-    h = table.space.content_hash(sql.SQL("s.content"))
     # A row of another version (written by bypassing us with the CHECK dropped) is re-embedded too.
-    mv = sql.Literal(table.space.model_version)
-    id_filter = sql.SQL("AND s.id = ANY(%(ids)s)") if ids else sql.SQL("")
-    return sql.SQL(
-        "SELECT s.id::text AS id_text, s.content, {h} AS sha FROM ({eligible}) s "
-        "LEFT JOIN {tbl} e ON e.source_id = s.id "
-        "WHERE (e.source_id IS NULL OR e.content_sha256 <> {h} OR e.model_version <> {mv}) {id_filter} {order}"
-    ).format(h=h, mv=mv, eligible=source.eligible_rows(), tbl=tbl, id_filter=id_filter,
-             order=sql.SQL("ORDER BY s.id") if ordered else sql.SQL(""))
+    return queries.pending_rows(source.eligible_rows(), table.ident, table.space.content_hash(sql.SQL("s.content")),
+                                table.space.model_version, ids=ids, ordered=ordered)
 
 
 def delete_orphans(conn, source: SourceTable, table: SpaceTable, ids: list | None = None) -> int:
     """Vectors whose source row is gone, filtered out (soft-deleted) or blank; only `ids` when given."""
-    tbl = table.ident
-    only = sql.SQL("e.source_id = ANY(%(ids)s) AND") if ids is not None else sql.SQL("")
-    cur = conn.execute(sql.SQL(
-        "DELETE FROM {tbl} e WHERE {only} NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
-    ).format(tbl=tbl, only=only, eligible=source.eligible_rows()), {"ids": ids} if ids is not None else None)
+    cur = conn.execute(queries.delete_orphans(table.ident, source.eligible_rows(), only_ids=ids is not None),
+                       {"ids": ids} if ids is not None else None)
     return cur.rowcount
 
 
 def blank_counts(conn, source: SourceTable) -> Counter:
     c = source.cfg
-    filt = sql.SQL(c.row_filter) if c.row_filter else sql.SQL("true")
-    row = conn.execute(sql.SQL(
-        "SELECT count(*) FILTER (WHERE {t} IS NULL), count(*) FILTER (WHERE {t} IS NOT NULL AND NOT ({t} " + HAS_TEXT + ")) "
-        "FROM {tbl} WHERE ({filt})").format(t=sql.Identifier(c.text_column), tbl=source.ident, filt=filt)).fetchone()
+    row = conn.execute(queries.count_blank(source.ident, c.text_column, c.row_filter)).fetchone()
     return Counter({k: v for k, v in zip(("null", "blank"), row) if v})
 
 
 def coverage_counts(conn, source: SourceTable, table: SpaceTable) -> tuple[int, int]:
-    row = conn.execute(sql.SQL("SELECT (SELECT count(*) FROM ({e}) s), (SELECT count(*) FROM {t})").format(
-        e=source.eligible_rows(), t=table.ident)).fetchone()
+    row = conn.execute(queries.count_eligible_and_stored(source.eligible_rows(), table.ident)).fetchone()
     return row[0], row[1]
 
 
@@ -118,15 +104,13 @@ class _Writer:
         self.table = table.ident
         self.version = table.space.model_version
         self.storage = table.space.storage_type
-        self.id_type = sql.SQL(source.id_type)
+        self.id_type = source.id_type
         self.eligible = source.eligible_rows()
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.written = 0
         with self.conn.transaction():
-            self.conn.execute(sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS ep_stage (source_id text, content_sha256 bytea, embedding {}) "
-                "ON COMMIT DELETE ROWS").format(sql.SQL(self.storage)))
+            self.conn.execute(queries.create_stage(self.storage))
         self.thread = threading.Thread(target=self._run, name="reembed-writer", daemon=True)
         self.thread.start()
 
@@ -147,7 +131,7 @@ class _Writer:
 
         with self.conn.transaction():
             with self.conn.cursor() as cur:
-                with cur.copy("COPY ep_stage (source_id, content_sha256, embedding) FROM STDIN (FORMAT BINARY)") as cp:
+                with cur.copy(queries.copy_stage()) as cp:
                     cp.set_types(["text", "bytea", self.storage])
                     half = self.storage == "halfvec"
                     for i, s, v in zip(ids, shas, vectors):
@@ -155,15 +139,8 @@ class _Writer:
                 # Only rows still eligible are written, so a row deleted mid-run leaves no orphan. The
                 # check is keyed by this batch's ids: as a plain EXISTS the planner hash-joins the whole
                 # source per batch (measured 1.66 s/batch at 1M rows; 8.9x faster this way).
-                cur.execute(sql.SQL(
-                    "INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding, embedded_at) "
-                    "SELECT st.source_id::{idt}, {mv}, st.content_sha256, st.embedding, now() FROM ep_stage st "
-                    "WHERE st.source_id::{idt} IN (SELECT s.id FROM ({el}) s WHERE s.id = ANY(%(ids)s::{idt}[])) "
-                    "ON CONFLICT (source_id) DO UPDATE SET model_version = EXCLUDED.model_version, "
-                    "content_sha256 = EXCLUDED.content_sha256, embedding = EXCLUDED.embedding, "
-                    "embedded_at = EXCLUDED.embedded_at").format(
-                        tbl=self.table, idt=self.id_type, mv=sql.Literal(self.version), el=self.eligible),
-                    {"ids": ids})
+                cur.execute(queries.upsert_from_stage(self.table, self.id_type, self.version, self.eligible),
+                            {"ids": ids})
                 return cur.rowcount
 
     def put(self, ids, shas, vectors):
@@ -258,7 +235,7 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
         validate_space(conn, config, space_name, provider, sources=[source], raise_on_failure=True)
         conn.commit()
         lock_key = f"reembed:{source_name}:{space_name}"
-        if not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock_key,)).fetchone()[0]:
+        if not conn.execute(queries.try_lock_run(), (lock_key,)).fetchone()[0]:
             raise RunInProgress(
                 f"another run is re-embedding {source.qualified} into space {space_name!r}; "
                 "this run did nothing. Wait for it to finish (or cancel it) and run again")
@@ -271,7 +248,7 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                 stats.skipped = blank_counts(conn, source)
             params = {"ids": ids} if ids is not None else {}
             query = pending_rows(source, table, ids=ids is not None)
-            stats.todo = conn.execute(sql.SQL("SELECT count(*) FROM ({}) p").format(query), params).fetchone()[0]
+            stats.todo = conn.execute(queries.count_pending(query), params).fetchone()[0]
             query = pending_rows(source, table, ids=ids is not None, ordered=True)
             conn.commit()
             logger.info(f"{source.qualified} -> {space_name}: {stats.todo:,} rows to embed, "
@@ -295,22 +272,20 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
         finally:
             if not conn.closed and not conn.broken:
                 conn.rollback()
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock_key,))
+                conn.execute(queries.unlock_run(), (lock_key,))
     stats.seconds = time.monotonic() - started
     return stats
 
 
 def record_index_build(conn, schema: str, source: str, space: str, *, rows: int, dims: int, seconds: float) -> None:
     """One row in ``<schema>.index_builds``: the migration plan scales its index time estimates from these."""
-    conn.execute(sql.SQL("INSERT INTO {}.index_builds (source, space, rows, dims, seconds) "
-                         "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(schema)),
-                 (source, space, rows, dims, seconds))
+    conn.execute(queries.insert_index_build(schema), (source, space, rows, dims, seconds))
 
 
 def _vacuum(db: Database, table: SpaceTable) -> None:
     """After a bulk change: fresh statistics, and a visibility map that lets drift use index-only scans."""
     with db.connect(autocommit=True) as conn:
-        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table.ident))
+        conn.execute(queries.vacuum_analyze(table.ident))
 
 
 def _stream(db, query, params, batch, provider, source, table, stats, progress):

@@ -1,0 +1,342 @@
+"""Every SQL statement of the embeddings package, composed with ``psycopg.sql``.
+
+Grouped by purpose: the re-embed engine (pending rows, orphans, the staging table and its
+upsert, the per-(source, space) run lock, index builds), change capture (the trigger and its
+function, grants, the state row, the cursor poll, claiming queue entries), coverage counts,
+and the app column kept current after a flip (``app_sync``). ``cost`` reuses the re-embed's
+pending rows. The queue and state tables themselves (DDL, depth, lag) belong to ``db.queue``.
+
+A space's own SQL stays in ``spaces.model``: callers pass its table identifier and its content
+hash expression (``SpaceTable.ident``, ``Space.content_hash``), and a source's eligible rows
+come from ``SourceTable.eligible_rows``.
+
+Identifiers are always ``sql.Identifier``; values are query parameters (``%s``, ``%(name)s``,
+passed by the caller), except where a statement is DDL or its value is fixed per query (the
+model_version written or compared, the source name inside the trigger function), where they
+are ``sql.Literal``. The operator's ``row_filter`` and a source's ``id_type`` are the raw SQL:
+both come from the catalog-checked ``SourceTable``.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from embedding_pipeline.spaces.queries import HAS_TEXT
+
+
+def _row_filter(row_filter: str | None) -> sql.SQL:
+    return sql.SQL(row_filter) if row_filter else sql.SQL("true")
+
+
+# ---------------------------------------------------------------- the re-embed engine
+
+
+def pending_rows(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable, model_version: str, *,
+                 ids: bool = False, ordered: bool = False) -> sql.Composed:
+    """SELECT id_text, content, sha of eligible rows with no vector, a stale one, or one of another version.
+
+    ``sha``: the space's content hash over ``s.content``. ``ids``: only ``%(ids)s``.
+    """
+    id_filter = sql.SQL("AND s.id = ANY(%(ids)s)") if ids else sql.SQL("")
+    return sql.SQL(
+        "SELECT s.id::text AS id_text, s.content, {h} AS sha FROM ({eligible}) s "
+        "LEFT JOIN {tbl} e ON e.source_id = s.id "
+        "WHERE (e.source_id IS NULL OR e.content_sha256 <> {h} OR e.model_version <> {mv}) {id_filter} {order}"
+    ).format(h=sha, mv=sql.Literal(model_version), eligible=eligible, tbl=table, id_filter=id_filter,
+             order=sql.SQL("ORDER BY s.id") if ordered else sql.SQL(""))
+
+
+def count_pending(pending: sql.Composable) -> sql.Composed:
+    """Rows of a ``pending_rows`` query (same params)."""
+    return sql.SQL("SELECT count(*) FROM ({}) p").format(pending)
+
+
+def sample_pending(pending: sql.Composable) -> sql.Composed:
+    """Params: limit; the content of the first rows of a ``pending_rows`` query."""
+    return sql.SQL("SELECT p.content FROM ({}) p LIMIT %s").format(pending)
+
+
+def delete_orphans(table: sql.Identifier, eligible: sql.Composable, *, only_ids: bool = False) -> sql.Composed:
+    """Vectors whose source row is not eligible (gone, filtered, blank). ``only_ids``: params ``{"ids": [...]}``."""
+    only = sql.SQL("e.source_id = ANY(%(ids)s) AND") if only_ids else sql.SQL("")
+    return sql.SQL(
+        "DELETE FROM {tbl} e WHERE {only} NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
+    ).format(tbl=table, only=only, eligible=eligible)
+
+
+def count_blank(table: sql.Identifier, text_column: str, row_filter: str | None) -> sql.Composed:
+    """(NULL texts, blank texts) among the rows the filter passes."""
+    return sql.SQL(
+        "SELECT count(*) FILTER (WHERE {t} IS NULL), count(*) FILTER (WHERE {t} IS NOT NULL AND NOT ({t} " + HAS_TEXT + ")) "
+        "FROM {tbl} WHERE ({filt})").format(t=sql.Identifier(text_column), tbl=table, filt=_row_filter(row_filter))
+
+
+def count_eligible_and_stored(eligible: sql.Composable, table: sql.Identifier) -> sql.Composed:
+    return sql.SQL("SELECT (SELECT count(*) FROM ({e}) s), (SELECT count(*) FROM {t})").format(e=eligible, t=table)
+
+
+def create_stage(storage_type: str) -> sql.Composed:
+    """The writer's temporary staging table ``ep_stage``, emptied at each commit."""
+    return sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS ep_stage (source_id text, content_sha256 bytea, embedding {}) "
+        "ON COMMIT DELETE ROWS").format(sql.SQL(storage_type))
+
+
+def copy_stage() -> sql.SQL:
+    return sql.SQL("COPY ep_stage (source_id, content_sha256, embedding) FROM STDIN (FORMAT BINARY)")
+
+
+def upsert_from_stage(table: sql.Identifier, id_type: str, model_version: str, eligible: sql.Composable) -> sql.Composed:
+    """Params: ``{"ids": [...]}`` (the batch's ids as text); only rows still eligible are written.
+
+    Keyed by the batch's ids: as a plain EXISTS the planner hash-joins the whole source per batch.
+    """
+    return sql.SQL(
+        "INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding, embedded_at) "
+        "SELECT st.source_id::{idt}, {mv}, st.content_sha256, st.embedding, now() FROM ep_stage st "
+        "WHERE st.source_id::{idt} IN (SELECT s.id FROM ({el}) s WHERE s.id = ANY(%(ids)s::{idt}[])) "
+        "ON CONFLICT (source_id) DO UPDATE SET model_version = EXCLUDED.model_version, "
+        "content_sha256 = EXCLUDED.content_sha256, embedding = EXCLUDED.embedding, "
+        "embedded_at = EXCLUDED.embedded_at").format(
+            tbl=table, idt=sql.SQL(id_type), mv=sql.Literal(model_version), el=eligible)
+
+
+def try_lock_run() -> sql.SQL:
+    """Params: the run's lock key; a session lock, released by ``unlock_run``."""
+    return sql.SQL("SELECT pg_try_advisory_lock(hashtext(%s))")
+
+
+def unlock_run() -> sql.SQL:
+    """Params: the run's lock key."""
+    return sql.SQL("SELECT pg_advisory_unlock(hashtext(%s))")
+
+
+def insert_index_build(schema: str) -> sql.Composed:
+    """Params: source, space, rows, dims, seconds."""
+    return sql.SQL("INSERT INTO {}.index_builds (source, space, rows, dims, seconds) "
+                   "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(schema))
+
+
+def vacuum_analyze(table: sql.Identifier) -> sql.Composed:
+    """Outside a transaction (autocommit)."""
+    return sql.SQL("VACUUM (ANALYZE) {}").format(table)
+
+
+# ---------------------------------------------------------------- change capture: trigger and state
+
+
+def trigger_function_body(queue: sql.Identifier, source: str, id_column: str, text_column: str,
+                          row_filter: str | None, table: str) -> sql.Composed:
+    """The plpgsql body that queues a source row's changes; render it and pass it to ``create_trigger_function``.
+
+    An UPDATE is queued when the id or the text changed, or when the row filter's verdict flipped.
+    The filter reads bare column names: it is evaluated over OLD / NEW as one-row relations named
+    like the table, so ``documents.deleted_at IS NULL`` works too.
+    """
+    ins = sql.SQL("INSERT INTO {q} (source, source_id, op) VALUES ({src}, ").format(q=queue, src=sql.Literal(source))
+    if row_filter:
+        verdict = sql.SQL(
+            "SELECT coalesce(({f}), false) INTO _ep_was FROM (SELECT OLD.*) AS {a};\n"
+            "      SELECT coalesce(({f}), false) INTO _ep_now FROM (SELECT NEW.*) AS {a};\n"
+            "      IF _ep_was = _ep_now THEN RETURN NULL; END IF;").format(f=sql.SQL(row_filter), a=sql.Identifier(table))
+    else:
+        verdict = sql.SQL("RETURN NULL;")
+    return sql.SQL("""
+#variable_conflict use_column
+DECLARE
+  _ep_was boolean;
+  _ep_now boolean;
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    {ins}OLD.{id}::text, 'D');
+    RETURN NULL;
+  END IF;
+  IF TG_OP = 'UPDATE' THEN
+    IF OLD.{id} IS DISTINCT FROM NEW.{id} THEN
+      {ins}OLD.{id}::text, 'D');
+    ELSIF OLD.{txt} IS NOT DISTINCT FROM NEW.{txt} THEN
+      {verdict}
+    END IF;
+  END IF;
+  {ins}NEW.{id}::text, left(TG_OP, 1));
+  RETURN NULL;
+END
+""").format(ins=ins, id=sql.Identifier(id_column), txt=sql.Identifier(text_column), verdict=verdict)
+
+
+def create_trigger_function(function: sql.Identifier, body: str) -> sql.Composed:
+    """``body``: ``trigger_function_body`` rendered to text (``as_string(conn)``)."""
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER AS {body}"
+    ).format(fn=function, body=sql.Literal(body))
+
+
+def create_trigger(trigger: str, table: sql.Identifier, function: sql.Identifier) -> sql.Composed:
+    return sql.SQL(
+        "CREATE TRIGGER {tg} AFTER INSERT OR UPDATE OR DELETE ON {tbl} FOR EACH ROW EXECUTE FUNCTION {fn}()"
+    ).format(tg=sql.Identifier(trigger), tbl=table, fn=function)
+
+
+def drop_trigger(trigger: str, table: sql.Identifier) -> sql.Composed:
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), table)
+
+
+def drop_function(function: sql.Identifier) -> sql.Composed:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function)
+
+
+def has_trigger() -> sql.SQL:
+    """Params: the table's qualified name as text, trigger name."""
+    return sql.SQL("SELECT count(*) > 0 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s")
+
+
+def count_functions() -> sql.SQL:
+    """Params: schema, function name."""
+    return sql.SQL("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                   "WHERE n.nspname = %s AND p.proname = %s")
+
+
+def select_writer_roles() -> sql.SQL:
+    """Params: the table's qualified name as text. Roles (NULL for PUBLIC) but the owner that may write it."""
+    return sql.SQL(
+        "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END "
+        "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner "
+        "AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE')")
+
+
+def grant_queue(schema: str, queue: str, role: str | None) -> list[sql.Composed]:
+    """What a writer of the source needs for the trigger to queue: schema usage, INSERT, the id sequence.
+
+    ``role`` None: PUBLIC.
+    """
+    who = sql.SQL("PUBLIC") if role is None else sql.Identifier(role)
+    return [sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), who),
+            sql.SQL("GRANT INSERT ON {} TO {}").format(sql.Identifier(schema, queue), who),
+            sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, f"{queue}_id_seq"), who)]
+
+
+def set_lock_timeout(value: str) -> sql.Composed:
+    return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(value))
+
+
+def upsert_state_trigger(state: sql.Identifier) -> sql.Composed:
+    """Params: source; a row already in trigger mode is left as it is."""
+    return sql.SQL(
+        "INSERT INTO {} AS st (source, mode, high_water) VALUES (%s, 'trigger', NULL) ON CONFLICT (source) "
+        "DO UPDATE SET mode = 'trigger', high_water = NULL, enabled_at = now() WHERE st.mode <> 'trigger'"
+    ).format(state)
+
+
+def upsert_state_cursor(state: sql.Identifier) -> sql.Composed:
+    """Params: source; the mark starts now, and a row already in cursor mode keeps its mark."""
+    return sql.SQL(
+        "INSERT INTO {} AS st (source, mode, high_water) VALUES (%s, 'cursor', clock_timestamp()) "
+        "ON CONFLICT (source) DO UPDATE SET mode = 'cursor', high_water = clock_timestamp(), enabled_at = now() "
+        "WHERE st.mode <> 'cursor'"
+    ).format(state)
+
+
+def delete_state(state: sql.Identifier) -> sql.Composed:
+    """Params: source; returns the mode it had."""
+    return sql.SQL("DELETE FROM {} WHERE source = %s RETURNING mode").format(state)
+
+
+def select_state(state: sql.Identifier) -> sql.Composed:
+    """Params: source."""
+    return sql.SQL("SELECT mode, high_water, enabled_at FROM {} WHERE source = %s").format(state)
+
+
+# ---------------------------------------------------------------- change capture: cursor and consumer
+
+
+def out_of_date(table: sql.Identifier, sha: sql.Composable) -> sql.Composed:
+    """For ``poll_cursor``: row ``c`` is eligible without a current vector in ``table``, or not eligible with one.
+
+    ``sha``: the space's content hash over ``c.content``.
+    """
+    return sql.SQL(
+        "(c.ok AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.source_id = c.id AND e.content_sha256 = {h})) "
+        "OR (NOT c.ok AND EXISTS (SELECT 1 FROM {t} e WHERE e.source_id = c.id))").format(t=table, h=sha)
+
+
+def poll_cursor(table: sql.Identifier, id_column: str, text_column: str, row_filter: str | None,
+                updated_at_column: str, queue: sql.Identifier, out_of_date: list[sql.Composable]) -> sql.Composed:
+    """Params: since (the high-water mark), overlap (seconds), src (source name).
+
+    Queues rows updated since the mark minus the overlap, not yet queued and out of date in some
+    target (``out_of_date`` terms, OR-ed); returns (rows queued, newest ``updated_at`` seen).
+    """
+    return sql.SQL(
+        "WITH c AS (SELECT {id} AS id, {txt} AS content, coalesce(({filt}) AND {txt} " + HAS_TEXT + ", false) AS ok, "
+        "{upd} AS upd FROM {tbl} WHERE {upd} > %(since)s::timestamptz - make_interval(secs => %(overlap)s)), "
+        "ins AS (INSERT INTO {q} (source, source_id, op) SELECT %(src)s, c.id::text, 'C' FROM c "
+        "WHERE NOT EXISTS (SELECT 1 FROM {q} q WHERE q.source = %(src)s AND q.source_id = c.id::text) "
+        "AND ({ood}) RETURNING 1) "
+        "SELECT (SELECT count(*) FROM ins), (SELECT max(upd) FROM c)").format(
+            id=sql.Identifier(id_column), txt=sql.Identifier(text_column), filt=_row_filter(row_filter),
+            upd=sql.Identifier(updated_at_column), tbl=table, q=queue,
+            ood=sql.SQL(" OR ").join(out_of_date or [sql.SQL("false")]))
+
+
+def advance_high_water(state: sql.Identifier) -> sql.Composed:
+    """Params: newest updated_at seen (NULL leaves the mark), source."""
+    return sql.SQL("UPDATE {} SET high_water = greatest(high_water, %s) WHERE source = %s").format(state)
+
+
+def claim_entries(queue: sql.Identifier) -> sql.Composed:
+    """Params: source, limit; entries another consumer holds are skipped."""
+    return sql.SQL(
+        "SELECT id, source_id FROM {} WHERE source = %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED").format(queue)
+
+
+def cast_ids(id_type: str) -> sql.Composed:
+    """Params: a list of ids as text; the distinct ids typed like the source's id column."""
+    return sql.SQL("SELECT DISTINCT x::{} FROM unnest(%s::text[]) x").format(sql.SQL(id_type))
+
+
+def delete_entries(queue: sql.Identifier) -> sql.Composed:
+    """Params: a list of entry ids."""
+    return sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(queue)
+
+
+# ---------------------------------------------------------------- coverage
+
+
+def count_eligible(eligible: sql.Composable) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM ({}) s").format(eligible)
+
+
+def table_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable) -> sql.Composed:
+    """(eligible, stored, covered, stale, orphans) in one pass; ``sha``: the content hash over ``s.content``."""
+    return sql.SQL(
+        "SELECT count(s.id), count(e.source_id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
+        "count(*) FILTER (WHERE s.id IS NULL) "
+        "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id"
+    ).format(h=sha, eligible=eligible, tbl=table)
+
+
+def count_versions(table: sql.Identifier) -> sql.Composed:
+    """(model_version, rows), most rows first."""
+    return sql.SQL("SELECT model_version, count(*) FROM {} GROUP BY 1 ORDER BY 2 DESC").format(table)
+
+
+def legacy_counts(table: sql.Identifier, column: str, text_column: str, row_filter: str | None) -> sql.Composed:
+    """(eligible rows, non-NULL vectors in ``column`` among them)."""
+    return sql.SQL(
+        "SELECT count(*), count({v}) FROM {tbl} WHERE ({filt}) AND {t} " + HAS_TEXT
+    ).format(v=sql.Identifier(column), tbl=table, filt=_row_filter(row_filter), t=sql.Identifier(text_column))
+
+
+# ---------------------------------------------------------------- app column after a flip
+
+
+def select_eligible_by_ids(eligible: sql.Composable) -> sql.Composed:
+    """Params: a list of ids; (id, content) of those still eligible, in key order."""
+    return sql.SQL("SELECT s.id, s.content FROM ({}) s WHERE s.id = ANY(%s) ORDER BY s.id").format(eligible)
+
+
+def update_app_column(table: sql.Identifier, column: str, id_column: str, text_column: str) -> sql.Composed:
+    """Params: vector, id, the text embedded; a row whose text changed since is left alone. Run with executemany."""
+    return sql.SQL("UPDATE {tbl} SET {col} = %s WHERE {id} = %s AND {txt} = %s").format(
+        tbl=table, col=sql.Identifier(column), id=sql.Identifier(id_column), txt=sql.Identifier(text_column))
