@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from embedding_pipeline.read_path.queries import (  # noqa: F401 (the read path's own, re-exported)
-    select_pgvector_version,
-    set_local,
-)
+from embedding_pipeline.read_path.queries import set_local  # noqa: F401 (the read path's own, re-exported)
 from embedding_pipeline.spaces.model import DISTANCE
 
 # ---------------------------------------------------------------- DDL and locks
@@ -262,11 +259,6 @@ def upsert_smoke(schema: str) -> sql.Composed:
     return sql.SQL(
         "INSERT INTO {}.smoke_results (space, at, result) VALUES (%s, %s, %s::jsonb) "
         "ON CONFLICT (space) DO UPDATE SET at = EXCLUDED.at, result = EXCLUDED.result").format(sql.Identifier(schema))
-
-
-def select_regclass_exists() -> sql.SQL:
-    """Params: a qualified name as text; reads the catalog only, so it works on a read-only connection."""
-    return sql.SQL("SELECT to_regclass(%s) IS NOT NULL")
 
 
 def select_smoke(schema: str) -> sql.Composed:

@@ -23,6 +23,7 @@ import numpy as np
 import psycopg
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db import queries as db_queries
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.evaluation import queries as statements
@@ -86,7 +87,7 @@ def _session_settings(conn, target: SearchTarget, mode: str) -> list[str]:
     else:
         # Measure the index itself: on a small table the planner would otherwise sort exactly.
         settings = {"enable_seqscan": "off", "hnsw.ef_search": str(target.ef_search)}
-        version = conn.execute(statements.select_pgvector_version()).fetchone()[0]
+        version = conn.execute(db_queries.select_vector_version()).fetchone()[0]
         if tuple(int(p) for p in version.split(".")[:2]) >= (0, 8):
             # Rows the eligibility filter drops are replaced by further index candidates, in order.
             settings["hnsw.iterative_scan"] = "strict_order"

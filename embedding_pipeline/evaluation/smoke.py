@@ -28,6 +28,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from embedding_pipeline.db import queries as db_queries
 from embedding_pipeline.errors import ConfigError, ProviderError
 from embedding_pipeline.evaluation import queries as statements
 from embedding_pipeline.evaluation.sentinels import sentinel_languages, sentinel_texts
@@ -167,7 +168,7 @@ def store_smoke(conn: psycopg.Connection, schema: str, result: dict) -> None:
 
 def latest_smoke(conn: psycopg.Connection, schema: str, space: str) -> dict | None:
     """The stored result of a space, or None (also when the table does not exist yet: read-only)."""
-    exists = conn.execute(statements.select_regclass_exists(),
+    exists = conn.execute(db_queries.select_regclass_exists(),
                           (sql.Identifier(schema, "smoke_results").as_string(conn),)).fetchone()[0]
     if not exists:
         return None

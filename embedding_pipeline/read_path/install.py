@@ -20,6 +20,7 @@ from typing import Any
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db import queries as db_queries
 from embedding_pipeline.errors import DatabaseError
 from embedding_pipeline.read_path import queries
 from embedding_pipeline.spaces.bindings import active_binding, lock_key
@@ -73,7 +74,7 @@ _versions: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDi
 def pgvector_version(conn) -> tuple[int, ...]:
     """pgvector's (major, minor), read once per connection."""
     if conn not in _versions:
-        row = conn.execute(queries.select_pgvector_version()).fetchone()
+        row = conn.execute(db_queries.select_vector_version()).fetchone()
         _versions[conn] = tuple(int(p) for p in row[0].split(".")[:2]) if row else (0, 0)
     return _versions[conn]
 

@@ -28,10 +28,6 @@ def select_column_type() -> sql.SQL:
         "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped")
 
 
-def select_pgvector_version() -> sql.SQL:
-    return sql.SQL("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-
-
 def select_view_comment() -> sql.SQL:
     """Params: the view's qualified name as text (NULL comment when there is no view)."""
     return sql.SQL("SELECT obj_description(to_regclass(%s), 'pg_class')")
