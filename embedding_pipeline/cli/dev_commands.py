@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from embedding_pipeline.cli.common import emit
 from embedding_pipeline.local.services import ensure_e5_servers, stop_services
@@ -29,7 +30,9 @@ def dagster_materialize(ctx):
     def materialize(source: str, spaces: list[str]) -> dict:
         import dagster as dg
 
-        from embedding_pipeline.definitions import defs
+        with warnings.catch_warnings():  # beta parameters of the pinned Dagster, once per load
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            from embedding_pipeline.definitions import defs
         from embedding_pipeline.defs.resources import asset_name
         from embedding_pipeline.local.dev import prepare_dagster_home
 
@@ -37,8 +40,12 @@ def dagster_materialize(ctx):
         os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")})
         by_key = {dg.AssetKey(["embeddings", asset_name(s)]): s for s in spaces}
         job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(by_key))
-        with dg.DagsterInstance.get() as instance:
-            result = job.execute_in_process(instance=instance, partition_key=source)
+        # INFO on the terminal (a line per step, progress every 10 s); the DEBUG event stream stays in
+        # the instance, where the UI shows it with the run.
+        quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+        with dg.DagsterInstance.get() as instance, warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            result = job.execute_in_process(instance=instance, partition_key=source, run_config=quiet)
         if not result.success:
             raise RuntimeError(f"Dagster run {result.run_id} failed")
         return {"run_id": result.run_id, "materializations": [
@@ -50,6 +57,13 @@ def dagster_materialize(ctx):
 
 def cmd_demo(ctx, args):
     from embedding_pipeline.local.demo import run_demo
+
+    try:  # model-loading progress bars say nothing a person needs here
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
     return run_demo(ctx, args, dagster_materialize(ctx))
 
