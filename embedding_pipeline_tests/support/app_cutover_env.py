@@ -12,26 +12,21 @@ from __future__ import annotations
 import random
 import uuid
 
-import psycopg
-import pytest
 import yaml
 from psycopg import sql
 
 from embedding_pipeline.backup.postgres import TableRef
 from embedding_pipeline.backup.run import take_backup
-from embedding_pipeline.config import load_config
 from embedding_pipeline.db.connection import (
     Database,
-    ensure_extension,
-    url_with_database,
 )
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.providers import build_provider
 from embedding_pipeline.spaces.model import space_table_name
-from embedding_pipeline_tests.support import honcho_schema
 from embedding_pipeline_tests.conftest import TEST_CONFIG
+from embedding_pipeline_tests.support import honcho_schema
 
 APP, LEGACY, NEW, SAME_DIM = "honcho", "minilm", "minilm-256", "minilm-p"
 SOURCES = {"documents": "deleted_at IS NULL", "message_embeddings": None}
@@ -90,7 +85,7 @@ class AppEnv:
             return conn.execute(query, params).fetchall()
 
 
-def _build(db, cfg, provider_for) -> None:
+def build_template(db, cfg, provider_for) -> None:
     with db.connect() as conn:
         ensure_schema(conn, cfg.project_schema)
         honcho_schema.create(conn, 384)
@@ -101,49 +96,6 @@ def _build(db, cfg, provider_for) -> None:
     for s in SOURCES:
         for space in (NEW, SAME_DIM):
             reembed(db, cfg, s, space, provider_for(space))
-
-
-@pytest.fixture(scope="module")
-def providers():
-    cache = {}
-    yield cache
-    for p in cache.values():
-        p.close()
-
-
-@pytest.fixture(scope="module")
-def app_template(pg_admin_url, pg_home, providers, tmp_path_factory):
-    path = tmp_path_factory.mktemp("appcfg") / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(app_config_dict()))
-    cfg = load_config(path)
-    name = f"tmpl_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    db = Database(url=url_with_database(pg_admin_url, name), embedded=False, home=pg_home / name)
-    with db.connect(autocommit=True) as conn:
-        ensure_extension(conn)
-    _build(db, cfg, AppEnv(db, cfg, providers, path).provider_for)
-    yield name, path
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def app_env(app_template, pg_admin_url, pg_home, providers, monkeypatch):
-    tmpl, path = app_template
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(tmpl)))
-    url = url_with_database(pg_admin_url, name)
-    monkeypatch.setenv("EMBEDDING_PIPELINE_DATABASE_URL", url)
-    monkeypatch.setenv("EMBEDDING_PIPELINE_HOME", str(pg_home / name))
-    monkeypatch.setenv("EMBEDDING_PIPELINE_CONFIG", str(path))
-    (pg_home / name).mkdir()
-    env = AppEnv(Database(url=url, embedded=False, home=pg_home / name), load_config(path), providers, path)
-    env.dbname, env.url = name, url
-    yield env
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def rng():

@@ -25,9 +25,6 @@ from embedding_pipeline_tests.support.app_cutover_env import (
     SAME_DIM,
     SOURCES,
     app_config_dict,
-    app_env,  # noqa: F401  (fixture)
-    app_template,  # noqa: F401  (fixture)
-    providers,  # noqa: F401  (fixture)
     rng,
 )
 
