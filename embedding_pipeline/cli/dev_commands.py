@@ -30,16 +30,17 @@ def dagster_materialize(ctx):
     def materialize(source: str, spaces: list[str]) -> dict:
         import dagster as dg
 
-        with warnings.catch_warnings():  # beta parameters of the pinned Dagster, once per load
-            warnings.simplefilter("ignore", dg.BetaWarning)
-            from embedding_pipeline.definitions import defs
         from embedding_pipeline.defs.resources import asset_name
         from embedding_pipeline.local.dev import prepare_dagster_home
 
         env = prepare_dagster_home(ctx.db)
         os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")})
         by_key = {dg.AssetKey(["embeddings", asset_name(s)]): s for s in spaces}
-        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(by_key))
+        with warnings.catch_warnings():  # beta parameters of the pinned Dagster, raised as defs resolve
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            from embedding_pipeline.definitions import defs
+
+            job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(by_key))
         # INFO on the terminal (a line per step, progress every 10 s); the DEBUG event stream stays in
         # the instance, where the UI shows it with the run.
         quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

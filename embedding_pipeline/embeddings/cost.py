@@ -39,7 +39,7 @@ class CostEstimate:
         return asdict(self)
 
     def line(self) -> str:
-        price = "no price (local model)" if self.price is None else f"~{self.price:,.2f} at {self.price_per_million:g}/M"
+        price = "no price configured" if self.price is None else f"~{self.price:,.2f} at {self.price_per_million:g}/M"
         time = f"~{self.seconds / 60:,.1f} min" if self.seconds is not None else "time unknown"
         return (f"{self.source} -> {self.space}: {self.rows:,} rows, ~{self.tokens:,} tokens ({self.method}), "
                 f"{price}, {time} ({self.rate_note})")
