@@ -122,6 +122,10 @@ class OpenAISpace(_SpaceBase):
     dimensions_mode: Literal["auto", "always", "never"] = "auto"
     default_dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "base64"
+    # Endpoint classes (providers/endpoint.py): an internal-network server (an Ollama or TEI in the
+    # cluster) is allowed unless `allow_remote: false` keeps the space on loopback; a public provider
+    # receives document text only with `allow_cloud: true`.
+    allow_remote: bool = True
     allow_cloud: bool = False
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0, le=20)

@@ -102,6 +102,9 @@ def test_plan_before_the_target_exists_with_failed_gates(db, cfg):
     failed eval are `failed`, not `pending`: the operator must act, not wait."""
     docs = cfg.sources["documents"]
     cfg = narrowed(cfg, source={"spaces": [*docs.spaces, "bge-m3"]})
+    # Kept on loopback by the operator (`allow_remote: false`): its internal Ollama is refused.
+    local_only = cfg.spaces["bge-m3"].model_copy(update={"allow_remote": False})
+    cfg = cfg.model_copy(update={"spaces": {**cfg.spaces, "bge-m3": local_only}})
     result = run_smoke("bge-m3", cfg.space("bge-m3"), lambda n: pytest.fail("no provider for a blocked space"))
     with db.connect() as conn:
         ensure_smoke_tables(conn, cfg.project_schema)

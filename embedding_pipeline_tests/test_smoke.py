@@ -20,6 +20,7 @@ from embedding_pipeline.defs.evaluation.smoke_assets import (
     smoke_key,
 )
 from embedding_pipeline.defs.resources import PipelineResource
+from embedding_pipeline.errors import CloudEndpointRefused
 from embedding_pipeline.evaluation.sentinels import SENTINELS, sentinel_texts
 from embedding_pipeline.evaluation.smoke import (
     MIN_COSINE,
@@ -28,6 +29,7 @@ from embedding_pipeline.evaluation.smoke import (
     run_smoke,
 )
 from embedding_pipeline.providers import build_provider
+from embedding_pipeline.providers.openai_compat import OpenAIProvider
 
 CALLS = 3  # the shared test machine is slow; latency numbers are not asserted, only their presence
 KEYS = {"space", "dims", "expected_dims", "p50_ms", "p95_ms", "batch_consistent", "endpoint_class", "blocked",
@@ -82,32 +84,41 @@ def test_e5_small_over_loopback_server_is_local_384_and_consistent(config):
     assert r["batch_consistent"] and r["min_cosine"] >= MIN_COSINE
 
 
-@pytest.mark.parametrize("url, klass", [("http://10.255.255.1:9/v1", "internal"),
-                                        ("https://api.example.com/v1", "cloud")])
-def test_non_local_endpoint_is_blocked_before_any_request(url, klass, monkeypatch):
-    """Without the space's opt-in nothing is sent: no provider is built and no socket connects."""
+@pytest.mark.parametrize("url, klass, setting", [("http://10.255.255.1:9/v1", "internal", {"allow_remote": False}),
+                                                 ("https://api.example.com/v1", "cloud", {})])
+def test_non_local_endpoint_is_blocked_before_any_request(url, klass, setting, monkeypatch):
+    """Where the space does not allow the endpoint's class nothing is sent: no provider, no socket."""
     connects, built = [], []
     real_connect = socket.socket.connect
     monkeypatch.setattr(socket.socket, "connect", lambda self, addr: connects.append(addr) or real_connect(self, addr))
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: connects.append(a) or pytest.fail("connected"))
-    cfg = OpenAISpace(transport="openai", model="bge-m3", base_url=url, dimensions=1024, dimensions_mode="never")
+    cfg = OpenAISpace(transport="openai", model="bge-m3", base_url=url, dimensions=1024, dimensions_mode="never",
+                      **setting)
     started = time.monotonic()
     r = run_smoke("bge-m3", cfg, lambda name: built.append(name), calls=CALLS)
     assert time.monotonic() - started < 5
     assert r["blocked"] and not r["ok"] and r["endpoint_class"] == klass
-    assert "allow_cloud: true" in r["reason"] and "nothing was sent" in r["reason"]
+    assert ("allow_remote: true" if klass == "internal" else "allow_cloud: true") in r["reason"]
+    assert "nothing was sent" in r["reason"]
     assert r["dims"] is None and r["p50_ms"] is None
     assert built == [] and connects == []
 
 
-def test_opt_in_lifts_the_block_for_internal_and_cloud():
-    """`allow_cloud: true` is the space's explicit opt-in for a non-local endpoint; local never needs it."""
-    cfg = OpenAISpace(transport="openai", model="m", base_url="https://api.example.com/v1", dimensions=8,
-                      allow_cloud=True)
-    assert block_reason("x", cfg, "cloud", "public") is None
-    assert block_reason("x", cfg, "internal", "private") is None
-    assert block_reason("x", cfg.model_copy(update={"allow_cloud": False}), "internal", "private")
-    assert block_reason("x", cfg.model_copy(update={"allow_cloud": False}), "local", "loopback") is None
+def test_endpoint_classes_have_their_own_settings():
+    """Internal (private network) is allowed unless `allow_remote: false`; cloud (a public provider) only
+    with `allow_cloud: true`; local always. The smoke and the provider apply the same rule."""
+    cfg = OpenAISpace(transport="openai", model="m", base_url="https://api.example.com/v1", dimensions=8)
+    assert block_reason("x", cfg, "internal", "private") is None  # the default: an in-cluster server is fine
+    assert "allow_cloud: true" in block_reason("x", cfg, "cloud", "public")
+    assert block_reason("x", cfg.model_copy(update={"allow_cloud": True}), "cloud", "public") is None
+    local_only = cfg.model_copy(update={"allow_remote": False})
+    assert "allow_remote: false" in block_reason("x", local_only, "internal", "private")
+    assert block_reason("x", local_only, "local", "loopback") is None
+    # allow_cloud does not open internal endpoints of a local-only space: each class has its own setting.
+    assert block_reason("x", local_only.model_copy(update={"allow_cloud": True}), "internal", "private")
+    with pytest.raises(CloudEndpointRefused, match="allow_remote"):
+        OpenAIProvider("x", OpenAISpace(transport="openai", model="m", base_url="http://10.255.255.1:9/v1",
+                                        dimensions=8, allow_remote=False))
 
 
 def test_dimension_mismatch_is_reported_as_a_failed_smoke(config):
@@ -133,12 +144,19 @@ def test_cli_json_logs_and_stored_row_hold_no_sentinel_text(db, config_path, cap
     assert stored == result and no_sentinel_in(json.dumps(stored))
 
 
-def test_cli_blocked_space_exits_1_and_records_the_block(db, config_path, capsys):
-    """The packaged bge-m3 space (internal Ollama, no opt-in) is blocked: exit 1, JSON says why, row stored."""
-    assert cli(["--config", str(config_path), "smoke", "--space", "bge-m3", "--json"]) == 1
+def test_cli_blocked_space_exits_1_and_records_the_block(db, config_path, capsys, tmp_path):
+    """The packaged bge-m3 space (internal Ollama) kept local-only by `allow_remote: false` is blocked:
+    exit 1, JSON says why, row stored."""
+    import yaml
+
+    raw = yaml.safe_load(config_path.read_text())
+    raw["spaces"]["bge-m3"]["allow_remote"] = False
+    local_only = tmp_path / "local-only.yaml"
+    local_only.write_text(yaml.safe_dump(raw))
+    assert cli(["--config", str(local_only), "smoke", "--space", "bge-m3", "--json"]) == 1
     result = json.loads(capsys.readouterr().out)
     assert result["blocked"] is True and result["endpoint_class"] == "internal"
-    assert "ollama.internal" in result["endpoint_evidence"] and result["reason"]
+    assert "ollama.internal" in result["endpoint_evidence"] and "allow_remote" in result["reason"]
     with db.connect() as conn:
         assert latest_smoke(conn, "embedding_pipeline", "bge-m3")["blocked"] is True
 

@@ -6,7 +6,8 @@ must agree (cosine >= 0.999) and the batch must have the space's dimension.
 
 The endpoint is classified before anything else (``providers.endpoint.classify``: loopback,
 private/internal or public, from the host and the addresses it resolves to). A non-local
-endpoint (internal or cloud) is blocked unless the space sets ``allow_cloud: true``: no provider
+endpoint is blocked where the space does not allow it (cloud without ``allow_cloud: true``, internal
+with ``allow_remote: false``; ``providers.endpoint.refusal``): no provider
 is built and no request is sent, and the result says ``blocked`` with the reason.
 
 The result is metadata only: counts, numbers, model id, the endpoint's class and evidence. It
@@ -33,7 +34,7 @@ from embedding_pipeline.errors import ConfigError, ProviderError
 from embedding_pipeline.evaluation import queries as statements
 from embedding_pipeline.evaluation.sentinels import sentinel_languages, sentinel_texts
 from embedding_pipeline.providers.base import cosine
-from embedding_pipeline.providers.endpoint import classify
+from embedding_pipeline.providers.endpoint import classify, refusal
 from embedding_pipeline.spaces.model import model_version
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,8 @@ def endpoint_of(cfg) -> tuple[str, str]:
 
 
 def block_reason(name: str, cfg, endpoint_class: str, evidence: str) -> str | None:
-    if endpoint_class == "local" or getattr(cfg, "allow_cloud", False):
-        return None
-    return (f"endpoint of space {name!r} is {endpoint_class} ({evidence}) and the space has not opted in; "
-            "nothing was sent. Point base_url at a local server, or set `allow_cloud: true` on the space "
-            "to allow a non-local endpoint")
+    """The same rule as the provider's (providers.endpoint.refusal): the smoke never sends where a run may not."""
+    return refusal(name, cfg, endpoint_class, evidence)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -86,6 +84,7 @@ def run_smoke(name: str, cfg, provider_for: Callable[[str], object], *, calls: i
         "space": name, "model": cfg.model, "revision": cfg.revision, "transport": cfg.transport,
         "model_version": model_version(name, cfg.fingerprint), "endpoint_class": endpoint_class,
         "endpoint_evidence": evidence, "allow_cloud": bool(getattr(cfg, "allow_cloud", False)),
+        "allow_remote": bool(getattr(cfg, "allow_remote", True)),
         "blocked": reason is not None, "reason": reason, "texts": len(texts), "languages": sentinel_languages(),
         "calls": calls, "expected_dims": cfg.dimensions, "dims": None, "dims_ok": False, "warmup_ms": None,
         "p50_ms": None, "p95_ms": None, "batch_ms": None, "batch_consistent": False, "min_cosine": None,

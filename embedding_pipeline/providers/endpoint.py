@@ -48,3 +48,21 @@ def classify(url: str | None, *, resolve: bool = True) -> tuple[str, str]:
         if classes and classes <= {"local", "internal"}:
             return "internal", f"host {host} resolves to private addresses"
     return "cloud", f"host {host} is a public name"
+
+
+def refusal(name: str, cfg, endpoint_class: str, evidence: str) -> str | None:
+    """Why text may not be sent to this endpoint (None: it may), naming the setting that allows it.
+
+    local: always allowed. internal: allowed unless the space sets ``allow_remote: false``.
+    cloud: refused unless the space sets ``allow_cloud: true``."""
+    if endpoint_class == "local":
+        return None
+    if endpoint_class == "internal":
+        if getattr(cfg, "allow_remote", True):
+            return None
+        return (f"endpoint of space {name!r} is internal ({evidence}) and the space sets `allow_remote: false`; "
+                "nothing was sent. Point base_url at a loopback server, or set `allow_remote: true`")
+    if getattr(cfg, "allow_cloud", False):
+        return None
+    return (f"endpoint of space {name!r} is cloud ({evidence}); nothing was sent. Set `allow_cloud: true` on the "
+            "space to send text to a public provider, or point base_url at a local/internal server")

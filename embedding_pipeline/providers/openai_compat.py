@@ -17,7 +17,7 @@ import tenacity
 
 from embedding_pipeline.errors import CloudEndpointRefused, ProviderError
 from embedding_pipeline.providers.base import EmbeddingProvider, batch_indices
-from embedding_pipeline.providers.endpoint import classify
+from embedding_pipeline.providers.endpoint import classify, refusal
 
 log = logging.getLogger(__name__)
 MAX_INPUT_CHARS = 32_000
@@ -53,12 +53,10 @@ class OpenAIProvider(EmbeddingProvider):
     def __init__(self, name, config):
         super().__init__(name, config)
         self.endpoint_class, self.endpoint_evidence = classify(config.base_url)
-        if self.endpoint_class == "cloud" and not config.allow_cloud:
+        reason = refusal(name, config, self.endpoint_class, self.endpoint_evidence)
+        if reason is not None:
             # Refused here, before a client exists: no connection is ever attempted.
-            raise CloudEndpointRefused(
-                f"space {name!r}: endpoint is cloud ({self.endpoint_evidence}); set `allow_cloud: true` on the "
-                "space to send document text there, or point base_url at a local/internal server"
-            )
+            raise CloudEndpointRefused(reason)
         self._client = None
 
     @property
