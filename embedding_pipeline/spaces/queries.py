@@ -141,6 +141,11 @@ def legacy_rows(table: sql.Identifier, id_column: str, text_column: str, row_fil
              text=sql.Identifier(text_column), space=sql.Literal(space), mv=sql.Literal(model_version))
 
 
+
+def drop_column(table: sql.Identifier, column: str) -> sql.Composed:
+    """Drops an adopted legacy column: printed for the operator (plan, deletion), never run by the pipeline."""
+    return sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(table, sql.Identifier(column))
+
 # ---------------------------------------------------------------- an application's columns
 
 
