@@ -24,7 +24,7 @@ from embedding_pipeline.read_path.queries import try_lock_source  # noqa: F401 (
 from embedding_pipeline.spaces.queries import (  # noqa: F401 (re-exported)
     drop_column,
     lock_source,
-    select_relation_exists,
+    select_regclass_exists,
 )
 
 

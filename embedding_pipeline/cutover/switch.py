@@ -47,7 +47,7 @@ def take_lock_or_refuse(conn, source: str, what: str) -> None:
 
 
 def table_present(conn, b: Binding) -> bool:
-    return conn.execute(queries.select_relation_exists(), (b.ident.as_string(conn),)).fetchone()[0]
+    return conn.execute(queries.select_regclass_exists(), (b.ident.as_string(conn),)).fetchone()[0]
 
 
 def structural_reasons(conn, config: PipelineConfig, source: str, space: str, target: dict | None,

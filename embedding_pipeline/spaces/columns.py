@@ -56,7 +56,7 @@ def ensure_state(conn, schema: str) -> None:
 
 
 def state_rows(conn, schema: str, source: str | None = None) -> list[dict]:
-    if not conn.execute(queries.select_relation_exists(),
+    if not conn.execute(queries.select_regclass_exists(),
                         (sql.Identifier(schema, "app_columns").as_string(conn),)).fetchone()[0]:
         return []
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)

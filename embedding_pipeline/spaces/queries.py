@@ -167,8 +167,8 @@ def create_app_columns(schema: str) -> sql.Composed:
 )""").format(s=sql.Identifier(schema))
 
 
-def select_relation_exists() -> sql.SQL:
-    """Params: a qualified name as text."""
+def select_regclass_exists() -> sql.SQL:
+    """Params: a qualified name as text; reads the catalog only (``evaluation.queries`` has the same one)."""
     return sql.SQL("SELECT to_regclass(%s) IS NOT NULL")
 
 
