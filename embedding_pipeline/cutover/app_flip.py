@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.cutover import queries
 from embedding_pipeline.cutover.app_stage import (
     AppSource,
     _column_app,
@@ -55,11 +56,8 @@ def app_sessions(conn, app_cfg) -> list[dict]:
     if not app_cfg.app_roles and not app_cfg.application_names:
         return []
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    return cur.execute(
-        "SELECT pid, usename, application_name, state, backend_start FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
-        "AND (usename = ANY(%s) OR application_name = ANY(%s)) ORDER BY pid",
-        (list(app_cfg.app_roles), list(app_cfg.application_names))).fetchall()
+    return cur.execute(queries.select_app_sessions(),
+                       (list(app_cfg.app_roles), list(app_cfg.application_names))).fetchall()
 
 
 def honcho_validator(conn, config: PipelineConfig, members: list[AppSource], space: str) -> list[str]:
@@ -103,7 +101,6 @@ def _flip_once(db: Database, config: PipelineConfig, app: str, app_cfg, target: 
                drained: bool, actor: str, details: dict, lock_timeout_ms: int | None = None) -> dict:
     """One attempt at the flip transaction; a lock timeout propagates as LockNotAvailable."""
     schema = config.project_schema
-    s = sql.Identifier(schema)
     with db.connect() as conn:
         timings: dict = {}
         with conn.transaction():
@@ -113,8 +110,7 @@ def _flip_once(db: Database, config: PipelineConfig, app: str, app_cfg, target: 
                 take_lock_or_refuse(conn, a.name, action)
             t0 = time.monotonic()
             # All tables at once, in a fixed order: the app's writes wait (at most lock_timeout) or we give up.
-            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(a.src.ident for a in sorted(members, key=lambda m: m.src.qualified))))
+            conn.execute(queries.lock_tables([a.src.ident for a in sorted(members, key=lambda m: m.src.qualified)]))
             timings["lock_wait_ms"] = round(1000 * (time.monotonic() - t0), 1)
             t_locked = time.monotonic()
             olds = {a.live_space for a in members}
@@ -169,10 +165,8 @@ def _flip_once(db: Database, config: PipelineConfig, app: str, app_cfg, target: 
                     refreshed = conn.execute(_refresh_query(config, a, target, staged, count_only=False),
                                              {"wm": st["filled_watermark"]}).rowcount
                 c = a.src.cfg
-                missing = conn.execute(sql.SQL(
-                    "SELECT count(*) FROM ({eligible}) s JOIN {tbl} t ON t.{id} = s.id WHERE t.{col} IS NULL").format(
-                    eligible=a.src.eligible_rows(), tbl=a.src.ident, id=sql.Identifier(c.id_column),
-                    col=sql.Identifier(staged))).fetchone()[0]
+                missing = conn.execute(queries.count_missing(a.src.eligible_rows(), a.src.ident, c.id_column,
+                                                             staged)).fetchone()[0]
                 if missing:
                     msg = (f"{a.src.qualified}: {missing:,} eligible rows have no {target!r} vector (written after the "
                            f"per-model table was last brought up to date); after the flip their {a.live_column} is "
@@ -184,27 +178,21 @@ def _flip_once(db: Database, config: PipelineConfig, app: str, app_cfg, target: 
             moved = []
             for a, staged, aside, live_idx, new_idx, refreshed, missing in per_source:
                 tbl = a.src.ident
-                conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
-                    tbl, sql.Identifier(a.live_column), sql.Identifier(aside)))
-                conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
-                    tbl, sql.Identifier(staged), sql.Identifier(a.live_column)))
+                conn.execute(queries.rename_column(tbl, a.live_column, aside))
+                conn.execute(queries.rename_column(tbl, staged, a.live_column))
                 # Free the live index's name first, then give it to the new column's index.
                 if live_idx is not None:
-                    conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        sql.Identifier(a.schema, live_idx["name"]), sql.Identifier(column_index_name(a.table, aside))))
+                    conn.execute(queries.rename_index(sql.Identifier(a.schema, live_idx["name"]),
+                                                      column_index_name(a.table, aside)))
                 if new_idx is not None:
-                    conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    conn.execute(queries.rename_index(
                         sql.Identifier(a.schema, new_idx["name"]),
-                        sql.Identifier(live_idx["name"] if live_idx else column_index_name(a.table, a.live_column))))
+                        live_idx["name"] if live_idx else column_index_name(a.table, a.live_column)))
                 # A legacy-column binding follows its column, so coverage and search keep reading the right one.
-                conn.execute(sql.SQL("UPDATE {}.bindings SET vector_column = %s WHERE source = %s AND space = %s "
-                                     "AND storage = 'legacy_column'").format(s), (aside, a.name, old))
-                conn.execute(sql.SQL("UPDATE {}.bindings SET vector_column = %s WHERE source = %s AND space = %s "
-                                     "AND storage = 'legacy_column'").format(s), (a.live_column, a.name, target))
-                conn.execute(sql.SQL("UPDATE {}.app_columns SET role = 'aside', column_name = %s, updated_at = now() "
-                                     "WHERE source = %s AND space = %s").format(s), (aside, a.name, old))
-                conn.execute(sql.SQL("UPDATE {}.app_columns SET role = 'live', column_name = %s, updated_at = now() "
-                                     "WHERE source = %s AND space = %s").format(s), (a.live_column, a.name, target))
+                conn.execute(queries.set_legacy_column(schema), (aside, a.name, old))
+                conn.execute(queries.set_legacy_column(schema), (a.live_column, a.name, target))
+                conn.execute(queries.set_column_role(schema, "aside"), (aside, a.name, old))
+                conn.execute(queries.set_column_role(schema, "live"), (a.live_column, a.name, target))
                 current = active_binding(conn, schema, a.name)
                 result = flip_bindings(conn, config, a.src, current, binding(conn, schema, a.name, target))
                 a.live_space = target
@@ -252,10 +240,7 @@ def _lock_holders(db, config, app) -> str:
         with db.connect() as conn:
             tables = [sql.Identifier(config.source(s).schema_, config.source(s).table).as_string(conn)
                       for s in config.app(app).sources]
-            rows = conn.execute(
-                "SELECT DISTINCT a.pid, now() - a.xact_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.granted AND l.relation = ANY(%s::regclass[]) AND a.pid <> pg_backend_pid()", (tables,)
-            ).fetchall()
+            rows = conn.execute(queries.select_lock_holders(), (tables,)).fetchall()
         return " (pids " + ", ".join(f"{p} for {str(d).split('.')[0]}" for p, d in rows) + ")" if rows else ""
     except psycopg.Error:
         return ""

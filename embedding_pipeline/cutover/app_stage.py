@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.cutover import queries
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.errors import ConfigError, DatabaseError
@@ -42,11 +43,8 @@ log = logging.getLogger(__name__)
 
 def table_stats(conn, src: SourceTable) -> dict:
     """Size on disk (heap, TOAST and indexes) and dead tuples, as the statistics collector last saw them."""
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    row = conn.execute(
-        "SELECT pg_total_relation_size(c.oid), coalesce(s.n_dead_tup, 0), coalesce(s.n_live_tup, 0) "
-        "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%s)",
-        (src.ident.as_string(conn),)).fetchone()
+    conn.execute(queries.clear_stat_snapshot())
+    row = conn.execute(queries.select_table_stats(), (src.ident.as_string(conn),)).fetchone()
     return {"total_bytes": row[0], "dead_tuples": row[1], "live_tuples": row[2]}
 
 
@@ -90,10 +88,7 @@ def app_sources(conn, config: PipelineConfig, app: str) -> list[AppSource]:
         src = inspect_source(conn, name, config.source(name))
         live_col = src.cfg.legacy_vector_column
         # First use: the app's column holds the legacy space (the model the app writes today).
-        conn.execute(sql.SQL(
-            "INSERT INTO {}.app_columns (app, source, space, column_name, role) VALUES (%s,%s,%s,%s,'live') "
-            "ON CONFLICT (source, space) DO NOTHING").format(sql.Identifier(schema)),
-            (app, name, src.cfg.legacy_space, live_col))
+        conn.execute(queries.insert_live_column(schema), (app, name, src.cfg.legacy_space, live_col))
         live = [r for r in state_rows(conn, schema, name) if r["role"] == "live"]
         if len(live) != 1:
             raise DatabaseError(f"{schema}.app_columns has {len(live)} live rows for source {name!r}; expected 1. "
@@ -145,8 +140,7 @@ def _add_column(db: Database, a: AppSource, column: str, vtype: str, app_cfg) ->
         def add():
             with conn.transaction():
                 set_lock_timeout(conn, app_cfg.lock_timeout_ms)
-                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                    a.src.ident, sql.Identifier(column), sql.SQL(vtype)))
+                conn.execute(queries.add_column(a.src.ident, column, vtype))
         retrying(f"add {a.src.qualified}.{column}", app_cfg.flip_retries, add)
         conn.commit()
     return True
@@ -157,15 +151,11 @@ def _fill_from_table(db: Database, config: PipelineConfig, a: AppSource, space: 
     """Copy the per-model table into the column, keyed batches of its own transactions, resumable."""
     schema = config.project_schema
     pm = sql.Identifier(schema, space_table_name(a.name, space))
-    st = sql.Identifier(schema, "app_columns")
-    tbl, col, idc = a.src.ident, sql.Identifier(column), sql.Identifier(a.src.cfg.id_column)
     key = (a.name, space)
     with db.connect() as conn:
         with conn.transaction():
-            conn.execute(sql.SQL(
-                "INSERT INTO {} (app, source, space, column_name, role) VALUES (%s,%s,%s,%s,%s) "
-                "ON CONFLICT (source, space) DO UPDATE SET column_name = EXCLUDED.column_name").format(st),
-                (config.app_of(a.name), a.name, space, column, "live" if space == a.live_space else "staged"))
+            conn.execute(queries.upsert_column(schema), (config.app_of(a.name), a.name, space, column,
+                                                         "live" if space == a.live_space else "staged"))
         state = _state(conn, schema, a.name, space)
         if state["fill_cursor"] is None and state["filled_watermark"] is not None:
             report.mode = "incremental"
@@ -174,15 +164,8 @@ def _fill_from_table(db: Database, config: PipelineConfig, a: AppSource, space: 
         report.mode = "resumed" if state["fill_cursor"] is not None else "full"
         if state["fill_cursor"] is None:
             with conn.transaction():
-                conn.execute(sql.SQL("UPDATE {} SET fill_started_at = now(), updated_at = now() "
-                                     "WHERE source = %s AND space = %s").format(st), key)
-        batch_q = sql.SQL(
-            "WITH batch AS (SELECT e.source_id, e.embedding FROM {pm} e "
-            "  WHERE %(cur)s::text IS NULL OR e.source_id > %(cur)s::text::{idt} ORDER BY e.source_id LIMIT %(n)s), "
-            "upd AS (UPDATE {tbl} t SET {col} = b.embedding FROM batch b "
-            "  WHERE t.{id} = b.source_id AND t.{col} IS DISTINCT FROM b.embedding RETURNING 1) "
-            "SELECT (SELECT max(source_id)::text FROM batch), (SELECT count(*) FROM batch), (SELECT count(*) FROM upd)"
-        ).format(pm=pm, idt=sql.SQL(a.src.id_type), tbl=tbl, col=col, id=idc)
+                conn.execute(queries.start_fill(schema), key)
+        batch_q = queries.fill_batch(pm, a.src.ident, column, a.src.cfg.id_column, a.src.id_type)
         cursor = state["fill_cursor"]
         while True:
             def one(cursor=cursor):
@@ -190,8 +173,7 @@ def _fill_from_table(db: Database, config: PipelineConfig, a: AppSource, space: 
                     set_lock_timeout(conn, app_cfg.lock_timeout_ms)
                     last, n, written = conn.execute(batch_q, {"cur": cursor, "n": app_cfg.fill_batch_size}).fetchone()
                     if n:
-                        conn.execute(sql.SQL("UPDATE {} SET fill_cursor = %s, updated_at = now() "
-                                             "WHERE source = %s AND space = %s").format(st), (last, *key))
+                        conn.execute(queries.save_fill_cursor(schema), (last, *key))
                     return last, n, written
             last, n, written = retrying(f"fill {a.src.qualified}.{column}", app_cfg.flip_retries, one)
             if not n:
@@ -201,23 +183,15 @@ def _fill_from_table(db: Database, config: PipelineConfig, a: AppSource, space: 
             report.rows_written += written
             report.batches += 1
         with conn.transaction():
-            conn.execute(sql.SQL("UPDATE {} SET fill_cursor = NULL, filled_watermark = fill_started_at, "
-                                 "updated_at = now() WHERE source = %s AND space = %s").format(st), key)
+            conn.execute(queries.finish_fill(schema), key)
 
 
 def _refresh_query(config, a: AppSource, space: str, column: str, *, count_only: bool, limit: int | None = None):
     """Per-model rows embedded since the watermark (less the overlap) whose vector the column lacks."""
     pm = sql.Identifier(config.project_schema, space_table_name(a.name, space))
-    fmt = dict(pm=pm, tbl=a.src.ident, col=sql.Identifier(column), id=sql.Identifier(a.src.cfg.id_column),
-               overlap=sql.Literal(WATERMARK_OVERLAP_S))
-    since = "e.embedded_at >= %(wm)s::timestamptz - make_interval(secs => {overlap})"
     if count_only:
-        return sql.SQL(
-            "SELECT count(*) FROM (SELECT 1 FROM {pm} e JOIN {tbl} t ON t.{id} = e.source_id WHERE " + since
-            + " AND t.{col} IS DISTINCT FROM e.embedding LIMIT {lim}) x").format(lim=sql.Literal(limit), **fmt)
-    return sql.SQL(
-        "UPDATE {tbl} t SET {col} = e.embedding FROM {pm} e WHERE t.{id} = e.source_id AND " + since
-        + " AND t.{col} IS DISTINCT FROM e.embedding").format(**fmt)
+        return queries.count_unrefreshed(pm, a.src.ident, column, a.src.cfg.id_column, WATERMARK_OVERLAP_S, limit)
+    return queries.refresh_column(pm, a.src.ident, column, a.src.cfg.id_column, WATERMARK_OVERLAP_S)
 
 
 def _fill_incremental(conn, config, a: AppSource, space: str, column: str, watermark, app_cfg,
@@ -225,15 +199,10 @@ def _fill_incremental(conn, config, a: AppSource, space: str, column: str, water
     """After a full pass: only per-model rows embedded since its watermark, in id batches."""
     schema = config.project_schema
     pm = sql.Identifier(schema, space_table_name(a.name, space))
-    st = sql.Identifier(schema, "app_columns")
     with conn.transaction():
-        started = conn.execute("SELECT now()").fetchone()[0]
-        ids = [r[0] for r in conn.execute(sql.SQL(
-            "SELECT source_id FROM {} WHERE embedded_at >= %s::timestamptz - make_interval(secs => %s) "
-            "ORDER BY source_id").format(pm), (watermark, WATERMARK_OVERLAP_S)).fetchall()]
-    q = sql.SQL("UPDATE {tbl} t SET {col} = e.embedding FROM {pm} e WHERE e.source_id = ANY(%s) "
-                "AND t.{id} = e.source_id AND t.{col} IS DISTINCT FROM e.embedding").format(
-        tbl=a.src.ident, col=sql.Identifier(column), pm=pm, id=sql.Identifier(a.src.cfg.id_column))
+        started = conn.execute(queries.select_now()).fetchone()[0]
+        ids = [r[0] for r in conn.execute(queries.select_ids_since(pm), (watermark, WATERMARK_OVERLAP_S)).fetchall()]
+    q = queries.fill_ids(a.src.ident, column, pm, a.src.cfg.id_column)
     for i in range(0, len(ids), app_cfg.fill_batch_size):
         chunk = ids[i:i + app_cfg.fill_batch_size]
 
@@ -245,8 +214,7 @@ def _fill_incremental(conn, config, a: AppSource, space: str, column: str, water
         report.rows_read += len(chunk)
         report.batches += 1
     with conn.transaction():
-        conn.execute(sql.SQL("UPDATE {} SET filled_watermark = %s, updated_at = now() "
-                             "WHERE source = %s AND space = %s").format(st), (started, a.name, space))
+        conn.execute(queries.set_watermark(schema), (started, a.name, space))
 
 
 def _fill_by_embedding(db: Database, a: AppSource, space: str, column: str, provider, app_cfg,
@@ -258,14 +226,8 @@ def _fill_by_embedding(db: Database, a: AppSource, space: str, column: str, prov
     """
     report.mode = "embedded"
     c = a.src.cfg
-    tbl, col = a.src.ident, sql.Identifier(column)
-    idc, txt = sql.Identifier(c.id_column), sql.Identifier(c.text_column)
-    read = sql.SQL("SELECT s.id, s.content FROM ({eligible}) s WHERE EXISTS (SELECT 1 FROM {tbl} x WHERE x.{id} = s.id "
-                   "AND x.{col} IS NULL) AND (%(cur)s::text IS NULL OR s.id > %(cur)s::text::{idt}) "
-                   "ORDER BY s.id LIMIT %(n)s").format(eligible=a.src.eligible_rows(), tbl=tbl, id=idc, col=col,
-                                                      idt=sql.SQL(a.src.id_type))
-    write = sql.SQL("UPDATE {tbl} SET {col} = %s WHERE {id} = %s AND {col} IS NULL AND {txt} = %s").format(
-        tbl=tbl, col=col, id=idc, txt=txt)
+    read = queries.select_unfilled(a.src.eligible_rows(), a.src.ident, c.id_column, column, a.src.id_type)
+    write = queries.write_vector(a.src.ident, column, c.id_column, c.text_column)
     cursor = None
     with db.connect() as conn:
         while True:
@@ -300,7 +262,7 @@ def _ensure_index(db: Database, config: PipelineConfig, a: AppSource, space: str
             report.index, report.index_action = have["name"], "present"
             return
         if have is not None:
-            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(a.schema, have["name"])))
+            conn.execute(queries.drop_index_concurrently(sql.Identifier(a.schema, have["name"])))
             report.index_action = "rebuilt (was INVALID)"
         else:
             report.index_action = "built"
@@ -308,7 +270,7 @@ def _ensure_index(db: Database, config: PipelineConfig, a: AppSource, space: str
         family = live["opclass"].split("_", 1)[1] if live["opclass"].startswith(("vector_", "halfvec_")) else None
         opclass = f"{cfg.storage_type}_{family}" if family else live["opclass"]
         name = column_index_name(a.table, column)
-        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(cfg.index.maintenance_work_mem)))
+        conn.execute(queries.set_session_maintenance_work_mem(cfg.index.maintenance_work_mem))
         conn.execute(cfg.hnsw_ddl(a.src.ident, name, column, concurrently=True, opclass=opclass, m=live["m"],
                                   ef_construction=live["ef_construction"]))
         report.index = name
@@ -353,7 +315,7 @@ def stage(db: Database, config: PipelineConfig, app: str, space: str, provider_f
         if space != a.live_space:
             _ensure_index(db, config, a, space, column, r)
         with db.connect() as conn:
-            conn.execute("SELECT pg_stat_force_next_flush()")
+            conn.execute(queries.flush_stats())
             r.after = table_stats(conn, a.src)
         r.seconds = round(time.monotonic() - started, 3)
         log.info(f"staged {a.src.qualified}.{column} ({space}): {r.rows_written:,} rows written in {r.batches} "

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from psycopg import sql
-
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.cutover import queries
 from embedding_pipeline.cutover.retention import retention_days
 from embedding_pipeline.db.audit import record_audit, who
 from embedding_pipeline.db.connection import Database
@@ -75,8 +74,7 @@ def decide(conn, db: Database, config: PipelineConfig, b: Binding, now: datetime
     if b.is_legacy:
         if not due:
             return RETAINED, [f"retained until {b.delete_after}"]
-        drop = (f"ALTER TABLE {b.ident.as_string(conn)} "
-                f"DROP COLUMN {sql.Identifier(b.vector_column).as_string(conn)}")
+        drop = queries.drop_column(b.ident, b.vector_column).as_string(conn)
         return OPERATOR_OWNED, [
             f"operator-owned: {drop} after you are sure no reader or rollback needs it (the legacy column "
             f"{qualified}.{b.vector_column} belongs to the application and is never dropped by the pipeline)"]
@@ -106,7 +104,7 @@ def _process(conn, db: Database, config: PipelineConfig, source: str, space: str
     schema = config.project_schema
     with conn.transaction():
         # Blocking: a scheduled deletion may wait for a cutover to finish, then decides on its result.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock_key(source),))
+        conn.execute(queries.lock_source(), (lock_key(source),))
         b = binding(conn, schema, source, space)
         if b is None:
             b = {"source": source, "space": space, "storage": None, "table_schema": None, "table_name": None,
@@ -115,9 +113,8 @@ def _process(conn, db: Database, config: PipelineConfig, source: str, space: str
         else:
             decision, reasons = decide(conn, db, config, b, now)
         if decision == WOULD_DROP and not dry:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(b.ident))
-            conn.execute(sql.SQL("UPDATE {}.bindings SET status = 'deleted', deleted_at = now() "
-                                 "WHERE source = %s AND space = %s").format(sql.Identifier(schema)), (source, space))
+            conn.execute(queries.drop_table(b.ident))
+            conn.execute(queries.mark_deleted(schema), (source, space))
             decision = DROPPED
         table = f"{b.table_schema}.{b.table_name}" if b.table_name else None
         result = {"source": source, "space": space, "storage": b.storage, "table": table, "decision": decision,
@@ -128,7 +125,7 @@ def _process(conn, db: Database, config: PipelineConfig, source: str, space: str
 
 
 def _now(conn, now: datetime | None) -> datetime:
-    return _utc(now) if now is not None else conn.execute("SELECT now()").fetchone()[0]
+    return _utc(now) if now is not None else conn.execute(queries.select_now()).fetchone()[0]
 
 
 def delete_retired(db: Database, config: PipelineConfig, *, now: datetime | None = None,
@@ -144,9 +141,7 @@ def delete_retired(db: Database, config: PipelineConfig, *, now: datetime | None
         ensure_schema(conn, config.project_schema)
         conn.commit()
         when = _now(conn, now)
-        candidates = conn.execute(sql.SQL("SELECT source, space FROM {}.bindings WHERE status = 'retired' "
-                                          "ORDER BY source, space").format(sql.Identifier(config.project_schema)))
-        pairs = candidates.fetchall()
+        pairs = conn.execute(queries.select_retired(config.project_schema)).fetchall()
         conn.commit()
         decisions = [_process(conn, db, config, src, space, when, dry, actor) for src, space in pairs]
     return {"dry_run": dry, "now": when, "decisions": decisions}

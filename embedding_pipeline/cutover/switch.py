@@ -18,9 +18,9 @@ Refused attempts leave bindings and read path untouched and are recorded in the 
 from __future__ import annotations
 
 import psycopg
-from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.cutover import queries
 from embedding_pipeline.cutover.retention import DAY_S, at_text, retention_days
 from embedding_pipeline.db.audit import record_audit, who
 from embedding_pipeline.db.connection import Database
@@ -39,7 +39,7 @@ from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
 
 def take_lock_or_refuse(conn, source: str, what: str) -> None:
-    if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (lock_key(source),)).fetchone()[0]:
+    if not conn.execute(queries.try_lock_source(), (lock_key(source),)).fetchone()[0]:
         raise RefusedError(f"{what} of source {source!r} refused", [
             f"another cutover, rollback or deletion of source {source!r} is in progress (advisory lock "
             f"{lock_key(source)!r} is held); nothing was changed. Wait for it to finish, check "
@@ -47,8 +47,7 @@ def take_lock_or_refuse(conn, source: str, what: str) -> None:
 
 
 def table_present(conn, b: Binding) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (
-        b.ident.as_string(conn),)).fetchone()[0]
+    return conn.execute(queries.select_regclass_exists(), (b.ident.as_string(conn),)).fetchone()[0]
 
 
 def structural_reasons(conn, config: PipelineConfig, source: str, space: str, target: dict | None,
@@ -103,10 +102,7 @@ def eval_reason(conn, schema: str, source: str, space: str, current: Binding | N
     Rows measuring a space alone (candidate = active, the drift job's) are not shadow evaluations.
     """
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    row = cur.execute(sql.SQL(
-        "SELECT id, at, eval_set, kind, active_space, gate_passed, report_path FROM {}.eval_reports "
-        "WHERE source = %s AND candidate_space = %s AND active_space <> candidate_space "
-        "ORDER BY at DESC, id DESC LIMIT 1").format(sql.Identifier(schema)), (source, space)).fetchone()
+    row = cur.execute(queries.select_latest_shadow_eval(schema), (source, space)).fetchone()
     fix = f"run the eval asset / `embedding-pipeline eval --source {source} --space {space}`"
     if row is None:
         return f"no shadow evaluation of space {space!r} for source {source!r}; {fix}"
@@ -142,21 +138,15 @@ def gate_reasons(conn, db: Database, config: PipelineConfig, source: SourceTable
 
 def flip(conn, config: PipelineConfig, source: SourceTable, current: Binding | None, target: Binding) -> dict:
     """Retire ``current`` (delete_after = now + its retention), activate ``target``, repoint the read path."""
-    s = sql.Identifier(config.project_schema)
+    schema = config.project_schema
     retired = None
     if current is not None:
-        retired = conn.execute(sql.SQL(
-            "UPDATE {}.bindings SET status = 'retired', retired_at = now(), "
-            "delete_after = now() + make_interval(secs => %s) "
-            "WHERE source = %s AND space = %s AND status = 'active' RETURNING retired_at, delete_after").format(s),
-            (retention_days(config, current.space) * DAY_S, source.name, current.space)).fetchone()
+        retired = conn.execute(queries.retire_active(schema), (
+            retention_days(config, current.space) * DAY_S, source.name, current.space)).fetchone()
     # After the retirement: the unique index allows one active binding per source at every statement.
-    activated = conn.execute(sql.SQL(
-        "UPDATE {}.bindings SET status = 'active', previous_space = %s, activated_at = now(), retired_at = NULL, "
-        "delete_after = NULL WHERE source = %s AND space = %s RETURNING activated_at").format(s),
-        (current.space if current else None, source.name, target.space)).fetchone()
+    activated = conn.execute(queries.activate(schema), (
+        current.space if current else None, source.name, target.space)).fetchone()
     install_read_path(conn, config, source, target)
-    schema = config.project_schema
     return {"source": source.name, "space": target.space, "previous_space": current.space if current else None,
             "activated_at": activated[0], "previous_delete_after": retired[1] if retired else None,
             "view": f"{schema}.{view_name(source.name)}",

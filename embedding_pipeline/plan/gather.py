@@ -28,6 +28,7 @@ from embedding_pipeline.embeddings.cost import estimate
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.evaluation.smoke import latest_smoke
+from embedding_pipeline.plan import queries
 from embedding_pipeline.plan.model import (
     DONE,
     FAILED,
@@ -80,8 +81,7 @@ def _all(conn, query, params=()) -> list[dict]:
 def _registered(conn, schema: str, space: str) -> dict | None:
     if not table_exists(conn, schema, "spaces"):
         return None
-    return _one(conn, sql.SQL("SELECT name, identity, model_version, registered_at FROM {}.spaces WHERE name = %s")
-                .format(sql.Identifier(schema)), (space,))
+    return _one(conn, queries.select_registered(schema), (space,))
 
 
 def _source_state(conn, db: Database, config: PipelineConfig, space: str, name: str,
@@ -89,26 +89,21 @@ def _source_state(conn, db: Database, config: PipelineConfig, space: str, name: 
     schema = config.project_schema
     src = inspect_source(conn, name, config.source(name))
     p = SourcePlan(src, space_counts(conn, config, src, space))
-    s = sql.Identifier(schema)
     if table_exists(conn, schema, "bindings"):
         rows = bindings(conn, schema, name)
         p.binding = next((b for b in rows if b.space == space), None)
         p.active = next((b for b in rows if b.status == "active"), None)
         p.others = [b for b in rows if b.space != space]
     table = config.space(space).on(src)
-    row = _one(conn, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s AND indexname = %s",
-               (schema, table.name, table.index_name))
+    row = _one(conn, queries.select_index_def(), (schema, table.name, table.index_name))
     p.index_def = row["indexdef"] if row else None
     view = sql.Identifier(schema, view_name(name)).as_string(conn)
-    row = _one(conn, "SELECT pg_get_viewdef(to_regclass(%s), true) AS def", (view,))
+    row = _one(conn, queries.select_view_def(), (view,))
     p.view_def = row["def"] if row else None
     p.served = served_space(conn, config, name) if p.view_def else None
-    row = _one(conn, "SELECT p.oid::regprocedure::text AS sig FROM pg_proc p JOIN pg_namespace n ON n.oid = "
-                     "p.pronamespace WHERE n.nspname = %s AND p.proname = %s", (schema, search_function_name(name)))
+    row = _one(conn, queries.select_function_signature(), (schema, search_function_name(name)))
     p.search_fn = row["sig"] if row else None
-    p.triggers = [r["tgname"] for r in _all(
-        conn, "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal ORDER BY tgname",
-        (src.ident.as_string(conn),))]
+    p.triggers = [r["tgname"] for r in _all(conn, queries.select_triggers(), (src.ident.as_string(conn),))]
     if table_exists(conn, schema, STATE):
         mode, high_water = capture_mode(conn, schema, name)
         if mode:
@@ -117,28 +112,21 @@ def _source_state(conn, db: Database, config: PipelineConfig, space: str, name: 
     p.backup_now = ([f"{t.schema}.{t.table}" for t in tables_for_source(conn, config, name)]
                     if table_exists(conn, schema, "bindings") else [src.qualified])
     if table_exists(conn, schema, "eval_reports"):
-        p.eval = _one(conn, sql.SQL(
-            "SELECT id, at, eval_set, kind, active_space, metrics, gate_passed, tolerance, report_path "
-            "FROM {}.eval_reports WHERE source = %s AND candidate_space = %s ORDER BY at DESC, id DESC LIMIT 1"
-        ).format(s), (name, space))
+        p.eval = _one(conn, queries.select_latest_eval(schema), (name, space))
     if table_exists(conn, schema, "drift_history"):
-        p.drift = _one(conn, sql.SQL(
-            "SELECT * FROM {}.drift_history WHERE source = %s AND space = %s ORDER BY at DESC, id DESC LIMIT 1"
-        ).format(s), (name, space))
+        p.drift = _one(conn, queries.select_latest_drift(schema), (name, space))
     _backup_state(db, config, p)
     p.table_ddl = table.ddl(src.id_type).as_string(conn)
     p.index_ddl = index_ddl(table).as_string(conn)
     if src.cfg.legacy_vector_column:
-        p.drop_legacy = sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
-            src.ident, sql.Identifier(src.cfg.legacy_vector_column)).as_string(conn)
+        p.drop_legacy = queries.drop_column(src.ident, src.cfg.legacy_vector_column).as_string(conn)
     p.estimate = estimate_index_seconds(p.counts.eligible, config.space(space).dimensions, measured)
     return p
 
 
 def index_ddl(table: SpaceTable) -> sql.Composed:
     """The statements spaces.bindings.build_index runs (its SET is LOCAL to the build's transaction)."""
-    return sql.SQL("SET LOCAL maintenance_work_mem = {};\n{}").format(
-        sql.Literal(table.space.index.maintenance_work_mem), table.index_ddl())
+    return queries.index_build(table.space.index.maintenance_work_mem, table.index_ddl())
 
 
 def _backup_state(db: Database, config: PipelineConfig, p: SourcePlan) -> None:
@@ -241,9 +229,7 @@ def measured_index_builds(conn: psycopg.Connection, schema: str) -> list[IndexBu
     """The newest HNSW builds the re-embed engine recorded in ``<schema>.index_builds``."""
     if not table_exists(conn, schema, "index_builds"):
         return []
-    rows = conn.execute(sql.SQL("SELECT source, space, rows, dims, seconds, at FROM {}.index_builds "
-                                "ORDER BY at DESC, id DESC LIMIT %s").format(sql.Identifier(schema)),
-                        (RECENT_INDEX_BUILDS,)).fetchall()
+    rows = conn.execute(queries.select_index_builds(schema), (RECENT_INDEX_BUILDS,)).fetchall()
     return [IndexBuild(int(n), int(dims), float(seconds),
                        f"measured: {int(n):,} x {dims} took {float(seconds):.1f} s "
                        f"(re-embed of {source} into {space}, {at.astimezone(UTC):%Y-%m-%d %H:%M} UTC)")

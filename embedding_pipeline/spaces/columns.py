@@ -22,23 +22,9 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.db.connection import column_types
+from embedding_pipeline.spaces import queries
 
 MAX_IDENT = 63
-
-STATE_DDL = """CREATE TABLE IF NOT EXISTS {s}.app_columns (
-    app text NOT NULL,
-    source text NOT NULL,
-    space text NOT NULL,
-    column_name text NOT NULL,
-    role text NOT NULL CHECK (role IN ('live', 'staged', 'aside')),
-    -- A fill pass walks the per-model table in source_id order; the cursor is its last key.
-    fill_cursor text,
-    fill_started_at timestamptz,
-    -- Every per-model row embedded before this instant (less an overlap) is in the column.
-    filled_watermark timestamptz,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (source, space)
-)"""
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +52,15 @@ def column_index_name(table: str, column: str) -> str:
 
 
 def ensure_state(conn, schema: str) -> None:
-    conn.execute(sql.SQL(STATE_DDL).format(s=sql.Identifier(schema)))
+    conn.execute(queries.create_app_columns(schema))
 
 
 def state_rows(conn, schema: str, source: str | None = None) -> list[dict]:
-    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+    if not conn.execute(queries.select_regclass_exists(),
                         (sql.Identifier(schema, "app_columns").as_string(conn),)).fetchone()[0]:
         return []
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    return cur.execute(sql.SQL("SELECT * FROM {}.app_columns WHERE (%(s)s::text IS NULL OR source = %(s)s) "
-                               "ORDER BY source, space").format(sql.Identifier(schema)), {"s": source}).fetchall()
+    return cur.execute(queries.select_app_columns(schema), {"s": source}).fetchall()
 
 
 def bound_legacy_column(conn, schema: str, src) -> str | None:
@@ -85,9 +70,7 @@ def bound_legacy_column(conn, schema: str, src) -> str | None:
         return c.legacy_vector_column
     try:
         with conn.transaction():
-            row = conn.execute(sql.SQL(
-                "SELECT vector_column FROM {}.bindings WHERE source = %s AND space = %s AND storage = 'legacy_column'"
-            ).format(sql.Identifier(schema)), (src.name, c.legacy_space)).fetchone()
+            row = conn.execute(queries.select_legacy_column(schema), (src.name, c.legacy_space)).fetchone()
     except psycopg.errors.UndefinedTable:  # no project schema yet: nothing has moved
         return c.legacy_vector_column
     return row[0] if row else c.legacy_vector_column
@@ -103,14 +86,7 @@ def column_type(conn, schema: str, table: str, column: str) -> str | None:
 
 def hnsw_index_on(conn, schema: str, table: str, column: str) -> dict | None:
     """The HNSW index on one column: name, validity, opclass, m, ef_construction."""
-    row = conn.execute(
-        "SELECT ic.relname, i.indisvalid, opc.opcname, coalesce(ic.reloptions, '{}') "
-        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam "
-        "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
-        "JOIN pg_opclass opc ON opc.oid = i.indclass[0] "
-        "WHERE am.amname = 'hnsw' AND n.nspname = %s AND t.relname = %s AND a.attname = %s "
-        "ORDER BY i.indisvalid DESC, ic.relname LIMIT 1", (schema, table, column)).fetchone()
+    row = conn.execute(queries.select_hnsw_index(), (schema, table, column)).fetchone()
     if row is None:
         return None
     opts = dict(HNSW_DEFAULTS)
@@ -122,7 +98,7 @@ def hnsw_index_on(conn, schema: str, table: str, column: str) -> dict | None:
 
 
 def set_lock_timeout(conn, ms: int) -> None:
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(ms)}ms")))
+    conn.execute(queries.set_lock_timeout(ms))
 
 
 def retrying(what: str, tries: int, fn):

@@ -1,8 +1,10 @@
 """The SQL statements of the spaces package, composed with ``psycopg.sql``.
 
 Grouped by purpose: the registry (``spaces``, ``space_canaries``), the bindings (``bindings``,
-the per-source switch lock, HNSW builds) and a source table's rows. ``bindings``, ``registry``
-and ``source`` execute these (``SourceTable`` delegates its row queries here).
+the per-source switch lock, HNSW builds), a source table's rows, and an application's columns
+(``app_columns``, the catalog reads and ``SET LOCAL lock_timeout`` of stage and flip).
+``bindings``, ``registry``, ``source`` and ``columns`` execute these (``SourceTable`` delegates
+its row queries here).
 
 A space's own SQL stays with the space in ``model``: its per-model table DDL, the HNSW DDL, its
 row query and its content hash (``SpaceTable.ddl``, ``Space.hnsw_ddl``, ``SpaceTable.rows``,
@@ -137,3 +139,63 @@ def legacy_rows(table: sql.Identifier, id_column: str, text_column: str, row_fil
         "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
     ).format(id=sql.Identifier(id_column), vec=sql.Identifier(column), tbl=table, filt=_row_filter(row_filter),
              text=sql.Identifier(text_column), space=sql.Literal(space), mv=sql.Literal(model_version))
+
+
+
+def drop_column(table: sql.Identifier, column: str) -> sql.Composed:
+    """Drops an adopted legacy column: printed for the operator (plan, deletion), never run by the pipeline."""
+    return sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(table, sql.Identifier(column))
+
+# ---------------------------------------------------------------- an application's columns
+
+
+def create_app_columns(schema: str) -> sql.Composed:
+    """``app_columns``: per (source, space), the column that holds it and how far its fill has got."""
+    return sql.SQL("""CREATE TABLE IF NOT EXISTS {s}.app_columns (
+    app text NOT NULL,
+    source text NOT NULL,
+    space text NOT NULL,
+    column_name text NOT NULL,
+    role text NOT NULL CHECK (role IN ('live', 'staged', 'aside')),
+    -- A fill pass walks the per-model table in source_id order; the cursor is its last key.
+    fill_cursor text,
+    fill_started_at timestamptz,
+    -- Every per-model row embedded before this instant (less an overlap) is in the column.
+    filled_watermark timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, space)
+)""").format(s=sql.Identifier(schema))
+
+
+def select_regclass_exists() -> sql.SQL:
+    """Params: a qualified name as text; reads the catalog only (``evaluation.queries`` has the same one)."""
+    return sql.SQL("SELECT to_regclass(%s) IS NOT NULL")
+
+
+def select_app_columns(schema: str) -> sql.Composed:
+    """Params: ``{"s": source or None}``; None lists every source's rows."""
+    return sql.SQL("SELECT * FROM {}.app_columns WHERE (%(s)s::text IS NULL OR source = %(s)s) "
+                   "ORDER BY source, space").format(sql.Identifier(schema))
+
+
+def select_legacy_column(schema: str) -> sql.Composed:
+    """Params: source, legacy space; the column its ``legacy_column`` binding names."""
+    return sql.SQL(
+        "SELECT vector_column FROM {}.bindings WHERE source = %s AND space = %s AND storage = 'legacy_column'"
+    ).format(sql.Identifier(schema))
+
+
+def select_hnsw_index() -> sql.SQL:
+    """Params: schema, table, column; name, validity, opclass and reloptions of its HNSW index (a valid one first)."""
+    return sql.SQL(
+        "SELECT ic.relname, i.indisvalid, opc.opcname, coalesce(ic.reloptions, '{}') "
+        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam "
+        "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
+        "JOIN pg_opclass opc ON opc.oid = i.indclass[0] "
+        "WHERE am.amname = 'hnsw' AND n.nspname = %s AND t.relname = %s AND a.attname = %s "
+        "ORDER BY i.indisvalid DESC, ic.relname LIMIT 1")
+
+
+def set_lock_timeout(ms: int) -> sql.Composed:
+    return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(ms)}ms"))
