@@ -34,6 +34,7 @@ from embedding_pipeline.spaces.columns import (
     set_lock_timeout,
     space_column,
     state_rows,
+    write_vectors,
 )
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
@@ -236,14 +237,7 @@ def _fill_by_embedding(db: Database, a: AppSource, space: str, column: str, prov
             if not rows:
                 break
             vecs = provider.embed_documents([r[1] for r in rows])
-
-            def one(vecs=vecs, rows=rows):
-                with conn.transaction():
-                    set_lock_timeout(conn, app_cfg.lock_timeout_ms)
-                    with conn.cursor() as cur:
-                        cur.executemany(write, [(v, r[0], r[1]) for v, r in zip(vecs, rows)])
-                        return cur.rowcount
-            report.rows_written += retrying(f"fill {a.src.qualified}.{column}", app_cfg.flip_retries, one) or 0
+            report.rows_written += write_vectors(conn, write, rows, vecs, app_cfg, f"fill {a.src.qualified}.{column}")
             report.rows_read += len(rows)
             report.batches += 1
             cursor = str(rows[-1][0])

@@ -16,10 +16,9 @@ from embedding_pipeline.spaces.bindings import active_binding, binding
 from embedding_pipeline.spaces.columns import (
     column_type,
     ensure_state,
-    retrying,
-    set_lock_timeout,
     space_column,
     state_rows,
+    write_vectors,
 )
 from embedding_pipeline.spaces.source import inspect_source
 
@@ -64,13 +63,6 @@ def keep_retired_current(db: Database, config: PipelineConfig, source: str, ids:
         for i in range(0, len(rows), app_cfg.fill_batch_size):
             chunk = rows[i:i + app_cfg.fill_batch_size]
             vecs = provider.embed_documents([r[1] for r in chunk])
-
-            def one(chunk=chunk, vecs=vecs):
-                with conn.transaction():
-                    set_lock_timeout(conn, app_cfg.lock_timeout_ms)
-                    with conn.cursor() as cur:
-                        cur.executemany(write, [(v, r[0], r[1]) for v, r in zip(vecs, chunk)])
-                        return cur.rowcount
-            written += retrying(f"keep {src.qualified}.{column} current", app_cfg.flip_retries, one) or 0
+            written += write_vectors(conn, write, chunk, vecs, app_cfg, f"keep {src.qualified}.{column} current")
     logger.info(f"{src.qualified}.{column}: {written} rows the app wrote since the flip embedded in {prev.space}")
     return {"app": app, "space": prev.space, "column": column, "rows": written}

@@ -111,3 +111,17 @@ def retrying(what: str, tries: int, fn):
                 raise
             log.info(f"{what}: lock not available, retry {attempt + 1} of {tries}")
             time.sleep(min(0.2 * 2 ** attempt, 2.0))
+
+
+def write_vectors(conn, write: sql.Composable, rows: list, vectors, app_cfg, what: str) -> int:
+    """``write`` (params: vector, id, text) for each (id, text) row and its vector, in one short
+    transaction under the app's lock_timeout, retried on a lock timeout; the rows written.
+
+    The text is part of the WHERE: a row edited since it was read keeps its column as it was."""
+    def one():
+        with conn.transaction():
+            set_lock_timeout(conn, app_cfg.lock_timeout_ms)
+            with conn.cursor() as cur:
+                cur.executemany(write, [(v, r[0], r[1]) for v, r in zip(vectors, rows)])
+                return cur.rowcount
+    return retrying(what, app_cfg.flip_retries, one) or 0
