@@ -21,6 +21,11 @@ class ProviderError(EmbeddingPipelineError):
     """The embedding provider failed or returned something we must not write."""
 
 
+class InputRefused(ProviderError):
+    """The provider refused these inputs (a 4xx answer, not a fault of ours or of the network): the
+    re-embed engine isolates the rows it refuses instead of failing the whole partition."""
+
+
 class CloudEndpointRefused(ProviderError):
     """A cloud endpoint was configured for a space that did not opt in."""
 

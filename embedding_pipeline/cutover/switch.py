@@ -25,7 +25,7 @@ from embedding_pipeline.cutover.retention import DAY_S, at_text, retention_days
 from embedding_pipeline.db.audit import record_audit, who
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.embeddings.coverage import refused_count, space_counts
 from embedding_pipeline.errors import RefusedError
 from embedding_pipeline.read_path.install import (
     install_read_path,
@@ -91,8 +91,11 @@ def coverage_reason(conn, config: PipelineConfig, source: SourceTable, space: st
     c = space_counts(conn, config, source, space)
     if c.covered == c.eligible and c.stale == 0:
         return None
+    refused = refused_count(conn, config.project_schema, source.name, space)
+    why = (f"; {refused:,} of them refused by the provider (ids and reasons in {config.project_schema}.refused_rows: "
+           "fix or delete those rows, or --force knowingly)") if refused else ""
     return (f"space {space!r} is incomplete for {source.qualified}: {c.covered:,} of {c.eligible:,} eligible rows "
-            f"have a vector ({c.missing:,} missing, {c.stale:,} stale); run "
+            f"have a vector ({c.missing:,} missing, {c.stale:,} stale{why}); run "
             f"`embedding-pipeline reembed --source {source.name} --space {space}`")
 
 

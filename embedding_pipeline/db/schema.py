@@ -107,6 +107,16 @@ _DDL = [
         dims integer NOT NULL CHECK (dims > 0),
         seconds double precision NOT NULL CHECK (seconds >= 0)
     )""",
+    # Rows the provider refused (a 4xx for that input alone): isolated by the re-embed engine so the
+    # rest of the partition lands; the reason never holds the text. Cleared once the row has a vector.
+    """CREATE TABLE IF NOT EXISTS {s}.refused_rows (
+        source text NOT NULL,
+        space text NOT NULL,
+        source_id text NOT NULL,
+        reason text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (source, space, source_id)
+    )""",
 ]
 
 

@@ -111,3 +111,11 @@ def space_counts(conn, config: PipelineConfig, source: SourceTable, space: str) 
 def _exists(conn, schema: str, table: str) -> bool:
     return conn.execute(db_queries.select_regclass_exists(),
                         (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
+
+
+def refused_count(conn, schema: str, source: str, space: str) -> int:
+    """Rows of (source, space) the provider refused in the last runs (0 before any run recorded one)."""
+    if not conn.execute(db_queries.select_regclass_exists(),
+                        (sql.Identifier(schema, "refused_rows").as_string(conn),)).fetchone()[0]:
+        return 0
+    return conn.execute(queries.count_refused(schema), (source, space)).fetchone()[0]

@@ -117,6 +117,26 @@ def insert_index_build(schema: str) -> sql.Composed:
                    "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(schema))
 
 
+def upsert_refused(schema: str) -> sql.Composed:
+    """Params: source, space, source_id (text), reason."""
+    return sql.SQL("INSERT INTO {}.refused_rows (source, space, source_id, reason) VALUES (%s, %s, %s, %s) "
+                   "ON CONFLICT (source, space, source_id) DO UPDATE SET reason = excluded.reason, "
+                   "at = now()").format(sql.Identifier(schema))
+
+
+def clear_refused(schema: str, table: sql.Identifier) -> sql.Composed:
+    """Params: source, space. Rows refused once that have a vector now (edited, or the server changed)."""
+    return sql.SQL("DELETE FROM {}.refused_rows r WHERE r.source = %s AND r.space = %s "
+                   "AND EXISTS (SELECT 1 FROM {} e WHERE e.source_id::text = r.source_id)").format(
+        sql.Identifier(schema), table)
+
+
+def count_refused(schema: str) -> sql.Composed:
+    """Params: source, space."""
+    return sql.SQL("SELECT count(*) FROM {}.refused_rows WHERE source = %s AND space = %s").format(
+        sql.Identifier(schema))
+
+
 def vacuum_analyze(table: sql.Identifier) -> sql.Composed:
     """Outside a transaction (autocommit)."""
     return sql.SQL("VACUUM (ANALYZE) {}").format(table)

@@ -17,13 +17,15 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings import queries
-from embedding_pipeline.errors import EmbeddingPipelineError
+from embedding_pipeline.errors import EmbeddingPipelineError, InputRefused
+from embedding_pipeline.providers.base import EmbedResult
 from embedding_pipeline.spaces.bindings import build_index, ensure_binding
 from embedding_pipeline.spaces.model import SpaceTable
 from embedding_pipeline.spaces.registry import register_space
@@ -195,7 +197,7 @@ class Progress:
 
     def line(self) -> str:
         with self._lock:
-            done = self.done
+            done = min(self.done, self.total)  # a refused batch's first try may have counted some rows
         now = time.monotonic()
         rate = done / max(now - self.start, 1e-9)
         left = max(self.total - done, 0)
@@ -256,13 +258,22 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
             with Progress(f"{source_name} -> {space_name}", stats.todo, logger, progress_interval,
                           bar=progress_bar(stats.todo) if progress_bar else None) as progress:
                 if stats.todo:
-                    _stream(db, query, params, batch, provider, source, table, stats, progress)
+                    refused = _stream(db, query, params, batch, provider, source, table, stats, progress)
+                    if refused:
+                        stats.skipped["provider_refused"] = len(refused)
+                        with conn.transaction(), conn.cursor() as cur:
+                            cur.executemany(queries.upsert_refused(schema),
+                                            [(source_name, space_name, i, reason) for i, reason in refused])
+                        logger.warning(f"{source.qualified} -> {space_name}: the provider refused {len(refused)} "
+                                       f"row(s), recorded in {schema}.refused_rows (ids and reasons, never text); "
+                                       "the other rows were embedded")
             progress.log()
             if build_hnsw:
                 t = time.monotonic()
                 stats.index_built = build_index(conn, table)
                 stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
             stats.eligible, stats.stored = coverage_counts(conn, source, table)
+            conn.execute(queries.clear_refused(schema, table.ident), (source_name, space_name))
             if stats.index_built:
                 record_index_build(conn, schema, source_name, space_name, rows=stats.stored, dims=space.dimensions,
                                    seconds=stats.index_seconds)
@@ -288,20 +299,49 @@ def _vacuum(db: Database, table: SpaceTable) -> None:
         conn.execute(queries.vacuum_analyze(table.ident))
 
 
-def _stream(db, query, params, batch, provider, source, table, stats, progress):
+def _stream(db, query, params, batch, provider, source, table, stats, progress) -> list[tuple[str, str]]:
+    """Embed and write every pending row; return the rows the provider refused as (id, reason)."""
     writer = _Writer(db, source, table)
+    refused: list[tuple[str, str]] = []
     try:
         # A named cursor streams from the server; its snapshot stays put while the writer commits.
         with db.connect() as rconn, rconn.cursor(name="ep_pending") as cur:
             cur.itersize = batch
             cur.execute(query, params)
             while rows := cur.fetchmany(batch):
-                ids = [r[0] for r in rows]
-                result = provider.embed([r[1] for r in rows], on_progress=progress.update)
+                kept, result = _embed_isolating(provider, rows, refused, progress.update)
+                if not kept:
+                    continue
                 stats.altered.update(result.altered)
                 stats.tokens += result.tokens
                 stats.tokens_method = result.tokens_method
-                writer.put(ids, [r[2] for r in rows], result.vectors)
-                stats.embedded += len(rows)
+                writer.put([r[0] for r in kept], [r[2] for r in kept], result.vectors)
+                stats.embedded += len(kept)
     finally:
         writer.close()
+    return refused
+
+
+def _embed_isolating(provider, rows: list, refused: list, on_progress=None) -> tuple[list, EmbedResult | None]:
+    """Embed ``rows`` (id, text, sha); when the provider refuses the batch, bisect it so the rows it
+    refuses stand alone and every other row is embedded. log2(batch) extra requests per refused row.
+
+    Only an input refusal (``InputRefused``: 400/413/422) is bisected: a server that is down or a
+    misconfigured space fails every row alike, and the run stops with that error as before."""
+    try:
+        return rows, provider.embed([r[1] for r in rows], on_progress=on_progress)
+    except InputRefused as e:
+        if len(rows) == 1:
+            refused.append((rows[0][0], str(e)))
+            return [], None
+    half = len(rows) // 2
+    parts = [_embed_isolating(provider, part, refused) for part in (rows[:half], rows[half:])]
+    parts = [(kept, result) for kept, result in parts if kept]
+    if on_progress is not None:
+        on_progress(sum(len(kept) for kept, _ in parts))
+    if not parts:
+        return [], None
+    results = [result for _, result in parts]
+    merged = EmbedResult(np.vstack([r.vectors for r in results]), sum((r.altered for r in results), Counter()),
+                         sum(r.tokens for r in results), results[0].tokens_method)
+    return [row for kept, _ in parts for row in kept], merged

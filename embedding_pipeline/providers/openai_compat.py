@@ -15,10 +15,11 @@ from collections import Counter
 import numpy as np
 import tenacity
 
-from embedding_pipeline.errors import CloudEndpointRefused, ProviderError
+from embedding_pipeline.errors import CloudEndpointRefused, InputRefused, ProviderError
 from embedding_pipeline.providers.base import EmbeddingProvider, batch_indices
 from embedding_pipeline.providers.endpoint import classify, refusal
 
+INPUT_REFUSALS = (400, 413, 422)
 log = logging.getLogger(__name__)
 MAX_INPUT_CHARS = 32_000
 
@@ -93,7 +94,10 @@ class OpenAIProvider(EmbeddingProvider):
             if _retryable(e):
                 raise
             message = _scrub_inputs(_error_message(e), texts)
-            raise ProviderError(
+            # 400/413/422 refuse what was sent (too long, malformed): the caller can isolate the row.
+            # 401/403/404 and the rest say the space is misconfigured: every row would fail alike.
+            error = InputRefused if e.status_code in INPUT_REFUSALS else ProviderError
+            raise error(
                 f"space {self.name!r}: {self.config.base_url or 'OpenAI'} answered {e.status_code}: {message}"
             ) from None
 

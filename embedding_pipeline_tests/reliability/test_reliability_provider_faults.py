@@ -88,13 +88,45 @@ def test_shuffled_reply_is_put_back_in_order(db, proxied):
 
 
 def test_client_error_fails_fast_with_provider_message(db, proxied):
-    """A 4xx other than 429 is not retried and its message reaches the operator."""
+    """A 4xx that says the space is misconfigured (here 401) is not retried, every row would fail alike:
+    the run stops at once and the provider's message reaches the operator."""
     cfg, proxy, provider, _ = proxied
-    proxy.inject("ok", "400")
-    with pytest.raises(ProviderError, match="answered 400: input too long"):
+    proxy.inject("ok", "401")
+    with pytest.raises(ProviderError, match="answered 401: invalid api key"):
         reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
-    assert proxy.log == ["ok", "400"]
+    assert proxy.log == ["ok", "401"]
     assert _stored(db, cfg) == {}
+
+
+def test_a_refused_row_is_isolated_and_the_rest_lands(db, proxied):
+    """The server refuses any request holding one poison row (400), as it refuses an input it cannot take:
+    the batch is bisected, every other row is embedded correctly, the refused row is recorded (id and
+    reason, never its text), coverage shows it and the cutover gate names it; a rerun tries it again."""
+    from embedding_pipeline.cutover.switch import coverage_reason
+    from embedding_pipeline.spaces.source import inspect_source
+
+    cfg, proxy, provider, reference = proxied
+    with db.connect() as conn:
+        poison = conn.execute("SELECT id FROM public.documents ORDER BY id OFFSET 13 LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE public.documents SET content = content || ' POISON-ROW' WHERE id = %s", (poison,))
+    proxy.refuse_containing = "POISON-ROW"
+    stats = reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
+    assert stats.skipped["provider_refused"] == 1 and stats.stored == ROWS - 1
+    stored = _stored(db, cfg)
+    assert poison not in stored and len(stored) == ROWS - 1
+    _assert_all_correct(stored, reference)
+    assert proxy.log.count("refused") <= 1 + 2 * 3  # log2(8) bisect levels, two halves each at most
+    with db.connect() as conn:
+        rows = conn.execute(f"SELECT source_id, reason FROM {cfg.project_schema}.refused_rows").fetchall()
+        reason = coverage_reason(conn, cfg, inspect_source(conn, "documents", cfg.source("documents")), SPACE)
+    assert [r[0] for r in rows] == [poison] and "answered 400" in rows[0][1] and "POISON" not in rows[0][1]
+    assert "1 of them refused by the provider" in reason and "refused_rows" in reason
+    # Fixed at the source (the server accepts it now): the next run embeds it and clears the record.
+    proxy.refuse_containing = None
+    again = reembed(db, cfg, "documents", SPACE, provider, batch_size=BATCH)
+    assert again.embedded == 1 and again.stored == ROWS and "provider_refused" not in again.skipped
+    with db.connect() as conn:
+        assert conn.execute(f"SELECT count(*) FROM {cfg.project_schema}.refused_rows").fetchone()[0] == 0
 
 
 def test_persistent_outage_gives_up_with_clear_error(db, proxied):

@@ -23,6 +23,9 @@ class FaultProxy:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:PORT/v1
         self.faults: collections.deque[str] = collections.deque()
+        # Any request with an input containing this marker is refused with a 400, as a server refuses
+        # one bad input (too long, unsupported characters) and fails the whole request with it.
+        self.refuse_containing: str | None = None
         self.log: list[str] = []
         self.lock = threading.Lock()
         proxy = self
@@ -35,6 +38,11 @@ class FaultProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                marker = proxy.refuse_containing
+                if marker and any(marker in t for t in json.loads(body).get("input", [])):
+                    with proxy.lock:
+                        proxy.log.append("refused")
+                    return proxy._reply(self, 400, {"error": {"message": "input rejected by the model"}})
                 with proxy.lock:
                     fault = proxy.faults.popleft() if proxy.faults else "ok"
                     proxy.log.append(fault)
@@ -82,6 +90,8 @@ class FaultProxy:
             return self._reply(h, int(fault), {"error": {"message": "upstream trouble"}})
         if fault == "400":
             return self._reply(h, 400, {"error": {"message": "input too long for this model"}})
+        if fault == "401":
+            return self._reply(h, 401, {"error": {"message": "invalid api key"}})
         if fault == "reset":
             # SO_LINGER 0: the close sends RST, the client sees a connection reset.
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
