@@ -12,8 +12,7 @@ from embedding_pipeline.local.services import describe_stopped, ensure_e5_server
 def cmd_dev(ctx, args):
     from embedding_pipeline.local.dev import run_dev
 
-    ensure_e5_servers(ctx.config)
-    return run_dev(ctx.db, args.host, args.port)
+    return run_dev(ctx, args.host, args.port)
 
 
 def cmd_services(ctx, args):
