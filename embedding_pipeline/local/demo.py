@@ -195,8 +195,9 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     config = ctx.config
     _step("database")
     print(f"   {redact(ctx.db.url)} ({'embedded' if ctx.db.embedded else 'external'})")
-    started = ensure_e5_servers(config, log=lambda m: print(f"   {m}"))
+    started: list[str] = []
     try:
+        ensure_e5_servers(config, log=lambda m: print(f"   {m}"), started=started)
         seed(ctx, args)
         if getattr(args, "seed_only", False):
             register(ctx, config)

