@@ -21,7 +21,7 @@ def cmd_services(ctx, args):
     else:
         result = stop_services()
         n = len(result["stopped"])
-        emit(args, {"stopped": n, **result}, "\n".join([*describe_stopped(result), f"stopped {n} service(s)"]))
+        emit(args, result, "\n".join([*describe_stopped(result), f"stopped {n} service(s)"]))
 
 
 def dagster_materialize(ctx):
