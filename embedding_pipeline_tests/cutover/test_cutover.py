@@ -341,3 +341,25 @@ def test_dagster_cutover_job_refuses_then_forces(env, monkeypatch):
     assert run(True).success and env.binding(NEW).status == "active"
     [row] = env.audit("cutover")
     assert row["forced"] and "dagster run" in row["actor"]
+
+
+def test_dagster_cutover_config_rejects_unknown_source_or_space_before_the_run(env):
+    """A typo in the Launchpad is refused by Dagster's config validation, naming the allowed values; no run starts."""
+    import dagster as dg
+
+    from embedding_pipeline.defs.cutover.jobs import build
+    from embedding_pipeline.defs.resources import PipelineResource
+
+    resources = {"pipeline": PipelineResource(config_path=str(env.config_path))}
+    defs = dg.Definitions.merge(build(env.cfg), dg.Definitions(resources=resources))
+    allowed = " | ".join(sorted({s for src in env.cfg.sources
+                                 for s in [env.cfg.source(src).legacy_space, *env.cfg.spaces_for(src)] if s}))
+    for job, config, wrong, named in [
+            ("cutover", {"source": SOURCE, "space": "minilm-265"}, "minilm-265", allowed),
+            ("cutover", {"source": "documnets", "space": NEW}, "documnets", " | ".join(sorted(env.cfg.sources))),
+            ("rollback", {"source": "documnets"}, "documnets", " | ".join(sorted(env.cfg.sources)))]:
+        with pytest.raises(dg.DagsterInvalidConfigError) as e:
+            defs.resolve_job_def(job).execute_in_process(run_config={"ops": {f"{job}_op": {"config": config}}})
+        assert f"got {wrong}" in str(e.value) and named in str(e.value)
+    assert env.binding(LEGACY).status == "active" and env.audit("cutover_refused") == []
+

@@ -1,7 +1,8 @@
 """Cutover, rollback and deletion jobs, launched from the UI's Launchpad with their run config.
 
-Each op calls the core library once. A refusal fails the run with every reason in its message
-and metadata, and changes nothing; a forced cutover is recorded with the run id as part of the actor.
+Each op calls the core library once. ``source`` and ``space`` are choices built from the loaded
+config (launchpad.py), so a typo is refused before the run starts. A refusal fails the run with
+every reason in its message and metadata, and changes nothing. A forced cutover is recorded with the run id as part of the actor.
 """
 
 
@@ -14,20 +15,10 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.cutover.deletion import delete_retired
 from embedding_pipeline.cutover.switch import cutover, rollback
 from embedding_pipeline.db.audit import who
+from embedding_pipeline.defs.cutover.launchpad import choice, cutover_spaces
 from embedding_pipeline.defs.cutover.schedules import build_schedules
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.errors import EmbeddingPipelineError, RefusedError
-
-
-class CutoverConfig(dg.Config):
-    source: str = Field(description="source table (one of the source partitions, e.g. documents)")
-    space: str = Field(description="space to make active for that source (e.g. minilm-256)")
-    force: bool = Field(False, description="skip the gates (backup, coverage, eval, validator); recorded in the audit "
-                                           "table with who and the reasons overridden")
-
-
-class RollbackConfig(dg.Config):
-    source: str = Field(description="source table to switch back to its previous space")
 
 
 class DeleteRetiredConfig(dg.Config):
@@ -56,18 +47,6 @@ def _run(context: dg.OpExecutionContext, fn, *args, **kwargs) -> dg.Output:
     return dg.Output(None, metadata=_metadata(result))
 
 
-@dg.op(out=dg.Out(dg.Nothing), description="Make a space the active space of a source (one transaction).")
-def cutover_op(context: dg.OpExecutionContext, config: CutoverConfig, pipeline: PipelineResource):
-    cfg = pipeline.config()
-    return _run(context, cutover, pipeline.database(), cfg, config.source, config.space, force=config.force,
-                actor=_actor(context), provider_for=pipeline.provider)
-
-
-@dg.op(out=dg.Out(dg.Nothing), description="Switch a source back to its previous space (one transaction).")
-def rollback_op(context: dg.OpExecutionContext, config: RollbackConfig, pipeline: PipelineResource):
-    return _run(context, rollback, pipeline.database(), pipeline.config(), config.source, actor=_actor(context))
-
-
 @dg.op(out=dg.Out(dg.Nothing), description="Drop retired space tables past their retention (dry run unless enabled).")
 def delete_retired_op(context: dg.OpExecutionContext, config: DeleteRetiredConfig, pipeline: PipelineResource):
     return _run(context, delete_retired, pipeline.database(), pipeline.config(),
@@ -76,6 +55,27 @@ def delete_retired_op(context: dg.OpExecutionContext, config: DeleteRetiredConfi
 
 def build(config: PipelineConfig) -> dg.Definitions:
     sources = ", ".join(sorted(config.sources))
+    Source = choice("source", config.sources)
+    Space = choice("space", cutover_spaces(config, config.sources))
+
+    class CutoverConfig(dg.Config):
+        source: Source = Field(description="source table (one of the source partitions)")
+        space: Space = Field(description="space to make active for that source")
+        force: bool = Field(False, description="skip the gates (backup, coverage, eval, validator); recorded in the "
+                                               "audit table with who and the reasons overridden")
+
+    class RollbackConfig(dg.Config):
+        source: Source = Field(description="source table to switch back to its previous space")
+
+    @dg.op(out=dg.Out(dg.Nothing), description="Make a space the active space of a source (one transaction).")
+    def cutover_op(context: dg.OpExecutionContext, config: CutoverConfig, pipeline: PipelineResource):
+        return _run(context, cutover, pipeline.database(), pipeline.config(), config.source.value, config.space.value,
+                    force=config.force, actor=_actor(context), provider_for=pipeline.provider)
+
+    @dg.op(out=dg.Out(dg.Nothing), description="Switch a source back to its previous space (one transaction).")
+    def rollback_op(context: dg.OpExecutionContext, config: RollbackConfig, pipeline: PipelineResource):
+        return _run(context, rollback, pipeline.database(), pipeline.config(), config.source.value,
+                    actor=_actor(context))
 
     @dg.job(name="cutover", tags={"domain": "cutover"},
             description=f"Cut a source ({sources}) over to another space. Run config: "
