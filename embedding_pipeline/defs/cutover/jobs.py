@@ -2,7 +2,8 @@
 
 Each op calls the core library once. ``source`` and ``space`` are choices built from the loaded
 config (launchpad.py), so a typo is refused before the run starts. A refusal fails the run with
-every reason in its message and metadata, and changes nothing. A forced cutover is recorded with the run id as part of the actor.
+every reason in its metadata and, in its message, what to materialize or launch in the UI; it
+changes nothing. A forced cutover is recorded with the run id as part of the actor.
 """
 
 
@@ -15,7 +16,7 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.cutover.deletion import delete_retired
 from embedding_pipeline.cutover.switch import cutover, rollback
 from embedding_pipeline.db.audit import who
-from embedding_pipeline.defs.cutover.launchpad import choice, cutover_spaces
+from embedding_pipeline.defs.cutover.launchpad import choice, cutover_spaces, refusal
 from embedding_pipeline.defs.cutover.schedules import build_schedules
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.errors import EmbeddingPipelineError, RefusedError
@@ -39,8 +40,7 @@ def _run(context: dg.OpExecutionContext, fn, *args, **kwargs) -> dg.Output:
     try:
         result = fn(*args, **kwargs)
     except RefusedError as e:
-        raise dg.Failure(description=str(e), metadata={"reasons": dg.MetadataValue.json(e.reasons)},
-                         allow_retries=False) from None
+        raise refusal(e) from None
     except EmbeddingPipelineError as e:
         raise dg.Failure(description=str(e), allow_retries=False) from None
     context.log.info(json.dumps(result, default=str))
