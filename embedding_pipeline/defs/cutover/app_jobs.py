@@ -11,7 +11,7 @@ from pydantic import Field
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.cutover.app_flip import cutover_app, rollback_app
 from embedding_pipeline.cutover.app_stage import stage
-from embedding_pipeline.defs.cutover.jobs import _actor, _run
+from embedding_pipeline.defs.cutover.jobs import _actor, _run, one_op_job
 from embedding_pipeline.defs.cutover.launchpad import choice, cutover_spaces
 from embedding_pipeline.defs.resources import PipelineResource
 
@@ -58,22 +58,12 @@ def build(config: PipelineConfig) -> dg.Definitions:
         return _run(context, rollback_app, pipeline.database(), pipeline.config(), config.app.value,
                     drained=config.drained, actor=_actor(context), provider_for=pipeline.provider)
 
-    @dg.job(name="app_stage", tags={"domain": "cutover"},
-            description=f"Stage a space beside the own columns of an app ({names}). Run config: "
-                        "ops.app_stage_op.config {app, space}.")
-    def app_stage_job():
-        app_stage_op()
+    stage_job = one_op_job("app_stage", app_stage_op, f"Stage a space beside the own columns of an app ({names}). "
+                           "Run config: ops.app_stage_op.config {app, space}.")
+    cutover_job = one_op_job("app_cutover", app_cutover_op, f"Flip an app's ({names}) own columns to a staged space, "
+                             "all its sources in one transaction. Run config: ops.app_cutover_op.config "
+                             "{app, space, force, drained}.")
+    rollback_job = one_op_job("app_rollback", app_rollback_op, f"Flip an app's ({names}) own columns back. Run "
+                              "config: ops.app_rollback_op.config {app, drained}.")
 
-    @dg.job(name="app_cutover", tags={"domain": "cutover"},
-            description=f"Flip an app's ({names}) own columns to a staged space, all its sources in one transaction. "
-                        "Run config: ops.app_cutover_op.config {app, space, force, drained}.")
-    def app_cutover_job():
-        app_cutover_op()
-
-    @dg.job(name="app_rollback", tags={"domain": "cutover"},
-            description=f"Flip an app's ({names}) own columns back. Run config: ops.app_rollback_op.config "
-                        "{app, drained}.")
-    def app_rollback_job():
-        app_rollback_op()
-
-    return dg.Definitions(jobs=[app_stage_job, app_cutover_job, app_rollback_job])
+    return dg.Definitions(jobs=[stage_job, cutover_job, rollback_job])

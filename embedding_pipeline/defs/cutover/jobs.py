@@ -47,6 +47,14 @@ def _run(context: dg.OpExecutionContext, fn, *args, **kwargs) -> dg.Output:
     return dg.Output(None, metadata=_metadata(result))
 
 
+def one_op_job(name: str, op: dg.OpDefinition, description: str) -> dg.JobDefinition:
+    """A Launchpad job of the cutover domain that runs one op with its run config."""
+    @dg.job(name=name, tags={"domain": "cutover"}, description=description)
+    def _job():
+        op()
+    return _job
+
+
 @dg.op(out=dg.Out(dg.Nothing), description="Drop retired space tables past their retention (dry run unless enabled).")
 def delete_retired_op(context: dg.OpExecutionContext, config: DeleteRetiredConfig, pipeline: PipelineResource):
     return _run(context, delete_retired, pipeline.database(), pipeline.config(),
@@ -77,23 +85,13 @@ def build(config: PipelineConfig) -> dg.Definitions:
         return _run(context, rollback, pipeline.database(), pipeline.config(), config.source.value,
                     actor=_actor(context))
 
-    @dg.job(name="cutover", tags={"domain": "cutover"},
-            description=f"Cut a source ({sources}) over to another space. Run config: "
-                        "ops.cutover_op.config {source, space, force}.")
-    def cutover_job():
-        cutover_op()
-
-    @dg.job(name="rollback", tags={"domain": "cutover"},
-            description=f"Roll a source ({sources}) back to its previous space. Run config: ops.rollback_op.config "
-                        "{source}.")
-    def rollback_job():
-        rollback_op()
-
-    @dg.job(name="delete_retired", tags={"domain": "cutover"},
-            description="Drop retired space tables past retention, with a verified backup and no open rollback "
-                        "window; a dry run unless deletion_enabled.")
-    def delete_retired_job():
-        delete_retired_op()
+    cutover_job = one_op_job("cutover", cutover_op, f"Cut a source ({sources}) over to another space. Run config: "
+                             "ops.cutover_op.config {source, space, force}.")
+    rollback_job = one_op_job("rollback", rollback_op, f"Roll a source ({sources}) back to its previous space. Run "
+                              "config: ops.rollback_op.config {source}.")
+    delete_retired_job = one_op_job("delete_retired", delete_retired_op,
+                                    "Drop retired space tables past retention, with a verified backup and no open "
+                                    "rollback window; a dry run unless deletion_enabled.")
 
     return dg.Definitions(jobs=[cutover_job, rollback_job, delete_retired_job],
                           schedules=build_schedules(delete_retired_job))

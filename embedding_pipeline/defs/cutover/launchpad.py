@@ -38,8 +38,8 @@ def cutover_spaces(config: PipelineConfig, sources: Iterable[str]) -> list[str]:
 # `embedding-pipeline <command> <args>` as the core's refusal texts write it (after a first command the
 # program's name may be left out: "`embedding-pipeline cutover --app A` / `rollback --app A`"), with the
 # words that lead into it.
-_COMMAND = re.compile(r"(?:(?:run|use) (?:the eval asset / )?)?`(?:embedding-pipeline )?(?P<command>reembed|eval|backup|"
-                      r"app-stage|cutover|rollback)(?P<args>[^`]*)`")
+_COMMAND = re.compile(r"(?:(?:run|use) (?:the eval asset / )?)?`(?:embedding-pipeline )?"
+                      r"(?P<command>reembed|eval|backup|app-stage|cutover|rollback)(?P<args>[^`]*)`")
 _FLAG = re.compile(r"--(force|drained)\b")
 
 
