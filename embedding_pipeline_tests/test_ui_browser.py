@@ -244,7 +244,7 @@ def test_eval_report_shows_table_and_plot(ui, page):
 
 
 CONFIG_VALID = """query ($selector: PipelineSelector!, $runConfigData: RunConfigData) {
-  isPipelineConfigValid(pipeline: $selector, runConfigData: $runConfigData) {
+  isPipelineConfigValid(pipeline: $selector, mode: "default", runConfigData: $runConfigData) {
     __typename ... on RunConfigValidationInvalid { errors { message } } } }"""
 
 
@@ -263,5 +263,12 @@ def test_launchpad_offers_sources_and_spaces_and_rejects_a_typo(ui, page):
     [error] = bad["errors"]
     assert "minilm-265" in error["message"] and "e5-small | minilm | minilm-256" in error["message"]
     open_page(page, f"/locations/{LOCATION}/jobs/cutover/playground")
-    expect(page.get_by_text("Launch Run", exact=False).first).to_be_visible()
+    # The Launchpad validates as it is typed: the typo is flagged with the allowed values before any launch.
+    expect(page.get_by_text("Missing required config entries ['source', 'space']", exact=False).first).to_be_visible(
+        timeout=UI_TIMEOUT_MS)
+    page.locator(".CodeMirror").first.evaluate(
+        "el => el.CodeMirror.setValue('ops:\\n  cutover_op:\\n    config:\\n      source: documents\\n"
+        "      space: minilm-265\\n')")
+    expect(page.get_by_text("not in enum type space (e5-small | minilm | minilm-256) got minilm-265",
+                            exact=False).first).to_be_visible(timeout=UI_TIMEOUT_MS)
     screenshot(page, "cutover_launchpad")
