@@ -74,18 +74,22 @@ def ui_action(command: str, args: dict[str, str]) -> str | None:
     return None
 
 
+def _action(m: re.Match) -> str | None:
+    return ui_action(m["command"], _args(m["args"]))
+
+
 def _flag(m: re.Match) -> str:
     return f"`{m[1]}: true` in the run config"
 
 
 def ui_text(text: str) -> str:
     """``text`` with each CLI command it names replaced by the UI action, and flags by config fields."""
-    return _FLAG.sub(_flag, _COMMAND.sub(lambda m: ui_action(m["command"], _args(m["args"])) or m[0], text))
+    return _FLAG.sub(_flag, _COMMAND.sub(lambda m: _action(m) or m[0], text))
 
 
 def hints(reasons: list[str]) -> list[str]:
     """Beside each reason: the UI actions and config fields it asks for, or "" when it names none."""
-    return ["; ".join([a for m in _COMMAND.finditer(r) if (a := ui_action(m["command"], _args(m["args"])))]
+    return ["; ".join([a for m in _COMMAND.finditer(r) if (a := _action(m))]
                       + [f"set {_flag(m)}" for m in _FLAG.finditer(r)]) for r in reasons]
 
 
