@@ -16,6 +16,7 @@ from embedding_pipeline.cli import smoke_commands
 from embedding_pipeline.cli.common import run_command
 from embedding_pipeline.config import load_config
 from embedding_pipeline.defs.cutover.plan_assets import build_plan as build_plan_defs
+from embedding_pipeline.defs.cutover.plan_assets import plan_key
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.embeddings.reembed import record_index_build, reembed
 from embedding_pipeline.errors import ConfigError
@@ -182,9 +183,9 @@ def test_plan_asset_attaches_markdown_and_reads_measured_builds(db, cfg, config_
         conn.commit()
     resource = PipelineResource(config_path=str(config_path))
     defs = dg.Definitions.merge(build_plan_defs(load_config(config_path)), dg.Definitions(resources={"pipeline": resource}))
-    result = dg.materialize([defs.resolve_assets_def(dg.AssetKey(["plan", "minilm_256"]))])
+    result = dg.materialize([defs.resolve_assets_def(plan_key(SPACE))])
     assert result.success
-    md = result.asset_materializations_for_node("plan__minilm_256")[0].metadata
+    md = result.asset_materializations_for_node("plan__plan_minilm_256")[0].metadata
     text = md["plan"].value
     assert text.startswith("# Migration plan: `minilm-256`") and "### message_embeddings" in text
     assert "measured: 20,000 x 256 took 15.0 s (re-embed of documents into minilm-256" in text

@@ -372,3 +372,20 @@ def test_a_gate_with_nothing_evaluated_is_not_passed():
     [check] = _skip("source documents has no active space yet").check_results
     assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
     assert check.description == "nothing evaluated: source documents has no active space yet"
+
+
+def test_each_shadow_eval_depends_only_on_the_spaces_it_compares():
+    """Its candidate's embeddings and the configured active space's (none for a legacy column), not every space."""
+    from embedding_pipeline.defs.evaluation.assets import build, eval_asset_key
+    from embedding_pipeline_tests.support.configs import narrowed
+
+    def deps(config):
+        assets = {a.key: a for a in build(config).assets}
+        return {space: sorted(k.to_user_string() for k in assets[eval_asset_key(space)].dependency_keys)
+                for space in ("e5-small", "minilm-256")}
+
+    config = load_config(TEST_CONFIG)
+    assert deps(config) == {"e5-small": ["embeddings/e5_small"], "minilm-256": ["embeddings/minilm_256"]}
+    on_e5 = narrowed(config, source={"active_space": "e5-small"})
+    assert deps(on_e5) == {"e5-small": ["embeddings/e5_small"],
+                           "minilm-256": ["embeddings/e5_small", "embeddings/minilm_256"]}

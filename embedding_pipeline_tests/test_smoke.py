@@ -167,10 +167,10 @@ def test_asset_materializes_metadata_without_sentinel_text(db, config, config_pa
     defs = dg.Definitions.merge(build_smoke(config), dg.Definitions(resources={"pipeline": resource}))
     assert {a.key for a in defs.assets} == {smoke_key(s) for s in config.spaces}
     asset = defs.resolve_assets_def(smoke_key("e5-small"))
-    result = dg.materialize([asset], run_config=dg.RunConfig(ops={"smoke__e5_small": SmokeConfig(calls=CALLS)}),
+    result = dg.materialize([asset], run_config=dg.RunConfig(ops={"smoke__smoke_e5_small": SmokeConfig(calls=CALLS)}),
                             instance=dg.DagsterInstance.ephemeral())
     assert result.success
-    md = result.asset_materializations_for_node("smoke__e5_small")[0].metadata
+    md = result.asset_materializations_for_node("smoke__smoke_e5_small")[0].metadata
     assert md["dims"].value == 384 and md["endpoint_class"].value == "local" and md["batch_consistent"].value
     assert md["p95_ms"].value >= md["p50_ms"].value > 0
     assert no_sentinel_in(json.dumps({k: str(v.value) for k, v in md.items()}))

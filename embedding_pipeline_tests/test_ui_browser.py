@@ -241,3 +241,34 @@ def test_eval_report_shows_table_and_plot(ui, page):
     # naturalWidth > 0 only if the browser really decoded the embedded PNG.
     assert plot.evaluate("img => img.complete && img.naturalWidth") > 100
     screenshot(page, "eval_report")
+
+
+CONFIG_VALID = """query ($selector: PipelineSelector!, $runConfigData: RunConfigData) {
+  isPipelineConfigValid(pipeline: $selector, mode: "default", runConfigData: $runConfigData) {
+    __typename ... on RunConfigValidationInvalid { errors { message } } } }"""
+
+
+def test_launchpad_offers_sources_and_spaces_and_rejects_a_typo(ui, page):
+    """The cutover job's source and space are choices from the config: the webserver rejects a typo before any
+    run, naming the allowed values, and the Launchpad renders with that schema."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "pipelineName": "cutover"}
+
+    def check(source, space):
+        return ui.graphql(CONFIG_VALID, {"selector": selector, "runConfigData": {
+            "ops": {"cutover_op": {"config": {"source": source, "space": space}}}}})["isPipelineConfigValid"]
+
+    assert check("documents", "minilm-256")["__typename"] == "PipelineConfigValidationValid"
+    bad = check("documents", "minilm-265")
+    assert bad["__typename"] == "RunConfigValidationInvalid"
+    [error] = bad["errors"]
+    assert "minilm-265" in error["message"] and "e5-small | minilm | minilm-256" in error["message"]
+    open_page(page, f"/locations/{LOCATION}/jobs/cutover/playground")
+    # The Launchpad validates as it is typed: the typo is flagged with the allowed values before any launch.
+    expect(page.get_by_text("Missing required config entries ['source', 'space']", exact=False).first).to_be_visible(
+        timeout=UI_TIMEOUT_MS)
+    page.locator(".CodeMirror").first.evaluate(
+        "el => el.CodeMirror.setValue('ops:\\n  cutover_op:\\n    config:\\n      source: documents\\n"
+        "      space: minilm-265\\n')")
+    expect(page.get_by_text("not in enum type space (e5-small | minilm | minilm-256) got minilm-265",
+                            exact=False).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    screenshot(page, "cutover_launchpad")

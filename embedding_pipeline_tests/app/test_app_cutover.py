@@ -409,6 +409,9 @@ def test_dagster_app_jobs(app_env):
     assert _columns(env, "documents")["embedding"] == "vector(256)"
     again = run("app_cutover", app=APP, space=NEW, force=True)
     assert not again.success  # refused: the columns already hold minilm-256
+    failure = again.failure_data_for_node("app_cutover_op").user_failure_data
+    assert failure.description.splitlines()[1:] == [
+        f"- {s}: space {NEW!r} is already the active space of source {s!r}; nothing to do" for s in SOURCES]
     assert run("app_rollback", app=APP).success
     assert _columns(env, "documents")["embedding"] == "vector(384)"
 

@@ -338,6 +338,61 @@ def test_dagster_cutover_job_refuses_then_forces(env, monkeypatch):
     assert not refused.success and env.binding(LEGACY).status == "active"
     failure = refused.failure_data_for_node("cutover_op").user_failure_data
     assert any("no shadow evaluation" in r for r in failure.metadata["reasons"].value)
+    # The message says what to click (asset and partition), the CLI's commands stay in the CLI.
+    assert "materialize asset `evaluation/shadow_minilm_256`, partition `documents`" in failure.description
+    assert "materialize asset `backup`, partition `documents`" in failure.description
+    assert "embedding-pipeline" not in failure.description and "Traceback" not in failure.description
+    hints = dict(zip(failure.metadata["reasons"].value, failure.metadata["ui_hints"].value))
+    assert [h for r, h in hints.items() if "no shadow evaluation" in r] == [
+        "materialize asset `evaluation/shadow_minilm_256`, partition `documents`"]
     assert run(True).success and env.binding(NEW).status == "active"
     [row] = env.audit("cutover")
     assert row["forced"] and "dagster run" in row["actor"]
+
+
+def test_dagster_cutover_config_rejects_unknown_source_or_space_before_the_run(env):
+    """A typo in the Launchpad is refused by Dagster's config validation, naming the allowed values; no run starts."""
+    import dagster as dg
+
+    from embedding_pipeline.defs.cutover.jobs import build
+    from embedding_pipeline.defs.resources import PipelineResource
+
+    resources = {"pipeline": PipelineResource(config_path=str(env.config_path))}
+    defs = dg.Definitions.merge(build(env.cfg), dg.Definitions(resources=resources))
+    allowed = " | ".join(sorted({s for src in env.cfg.sources
+                                 for s in [env.cfg.source(src).legacy_space, *env.cfg.spaces_for(src)] if s}))
+    for job, config, wrong, named in [
+            ("cutover", {"source": SOURCE, "space": "minilm-265"}, "minilm-265", allowed),
+            ("cutover", {"source": "documnets", "space": NEW}, "documnets", " | ".join(sorted(env.cfg.sources))),
+            ("rollback", {"source": "documnets"}, "documnets", " | ".join(sorted(env.cfg.sources)))]:
+        with pytest.raises(dg.DagsterInvalidConfigError) as e:
+            defs.resolve_job_def(job).execute_in_process(run_config={"ops": {f"{job}_op": {"config": config}}})
+        assert f"got {wrong}" in str(e.value) and named in str(e.value)
+    assert env.binding(LEGACY).status == "active" and env.audit("cutover_refused") == []
+
+
+def test_dagster_refusal_names_what_to_materialize_or_launch():
+    """Each CLI command in a core refusal becomes the UI action beside it; the reasons themselves are kept."""
+    from embedding_pipeline.defs.cutover.launchpad import refusal
+
+    reasons = [f"space {NEW!r} is incomplete for public.documents: 39 of 40 eligible rows have a vector (1 missing, "
+               f"0 stale); run `embedding-pipeline reembed --source {SOURCE} --space {NEW}`",
+               f"source {SOURCE!r} belongs to app 'honcho' (apps.honcho.cutover: column), whose own columns must move "
+               "together: use `embedding-pipeline cutover --app honcho --space X` / `rollback --app honcho`",
+               "the app is connected: stop the app and pass --drained",
+               "validator: dimensions differ"]
+    failure = refusal(RefusedError(f"cutover of source {SOURCE!r} to space {NEW!r} refused (--force cannot override "
+                                   "this)", reasons))
+    assert failure.description.splitlines() == [
+        f"cutover of source {SOURCE!r} to space {NEW!r} refused (force cannot override this)",
+        f"- space {NEW!r} is incomplete for public.documents: 39 of 40 eligible rows have a vector (1 missing, 0 stale); "
+        f"materialize asset `embeddings/minilm_256`, partition `{SOURCE}`",
+        f"- source {SOURCE!r} belongs to app 'honcho' (apps.honcho.cutover: column), whose own columns must move "
+        "together: launch job `app_cutover` with app: honcho, space: X / launch job `app_rollback` with app: honcho",
+        "- the app is connected: stop the app and pass `drained: true` in the run config",
+        "- validator: dimensions differ"]
+    assert failure.metadata["reasons"].value == reasons
+    assert failure.metadata["ui_hints"].value == [
+        f"materialize asset `embeddings/minilm_256`, partition `{SOURCE}`",
+        "launch job `app_cutover` with app: honcho, space: X; launch job `app_rollback` with app: honcho",
+        "set `drained: true` in the run config", ""]

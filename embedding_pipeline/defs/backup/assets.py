@@ -13,19 +13,20 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.resources import PipelineResource, source_partitions
 
 CHECK = "backup_verified_and_fresh"
+BACKUP_KEY = dg.AssetKey(["backup"])
 
 
 def build(config: PipelineConfig) -> dg.Definitions:
     partitions = source_partitions(config)
 
     @dg.asset(
-        name="backup",
+        key=BACKUP_KEY,
         group_name="backup",
         partitions_def=partitions,
         kinds={"postgres"},
         description="pg_dump (custom format) of the source table and all its embedding tables, plus a Redis "
                     "RDB snapshot when REDIS_URL is set; verified by restoring into a scratch database.",
-        check_specs=[dg.AssetCheckSpec(CHECK, asset="backup", blocking=True,
+        check_specs=[dg.AssetCheckSpec(CHECK, asset=BACKUP_KEY, blocking=True,
                                        description="A verified backup younger than backup.max_age_hours exists")],
     )
     def backup(context: dg.AssetExecutionContext, pipeline: PipelineResource):

@@ -16,9 +16,13 @@ from embedding_pipeline.plan import gather as plan_lib
 from embedding_pipeline.plan.model import DONE, FAILED, PENDING
 
 
+def plan_key(space: str) -> dg.AssetKey:
+    return dg.AssetKey(["plan", f"plan_{asset_name(space)}"])
+
+
 def _build_plan_asset(*, space: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["plan", asset_name(space)]),
+        key=plan_key(space),
         group_name="cutover",
         description=f"Migration plan to space `{space}` from the config and the live database: schema, indexes, "
                     "write and read path, cutover, rollback, deletion, backup, evidence and a checklist.",

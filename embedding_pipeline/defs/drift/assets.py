@@ -22,7 +22,8 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.defs.resources import PipelineResource, asset_name
+from embedding_pipeline.defs.embeddings.assets import reembed_key
+from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.drift import alerts
 from embedding_pipeline.drift import stats as drift
 from embedding_pipeline.drift.plot import data_uri, plot_version_history
@@ -133,7 +134,7 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
         key=DRIFT_KEY,
         group_name="drift",
         partitions_def=partitions,
-        deps=[dg.AssetKey(["embeddings", asset_name(s)]) for s in built],
+        deps=[reembed_key(s) for s in built],
         check_specs=specs,
         kinds={"postgres", "pgvector"},
         description="Per source table: model_version distribution, coverage, stale, orphan and NULL vectors, "
@@ -180,7 +181,7 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
             legacy = config.source(source).legacy_space
             metadata["unbuilt_spaces"] = dg.MetadataValue.json({s: f"configured for {source} but not built: " + (
                 f"run `embedding-pipeline setup --source {source}`" if s == legacy else
-                f"materialize embeddings/{asset_name(s)} for partition {source}") for s in unbuilt})
+                f"materialize {reembed_key(s).to_user_string()} for partition {source}") for s in unbuilt})
         nothing = (None if drifts else f"no space of {source} is built yet (configured: {configured}); run "
                    f"`embedding-pipeline setup --source {source}` or materialize its embeddings assets")
         checks = [_check_result(o.name, o.findings, o.metadata, nothing=nothing) for o in outcomes]

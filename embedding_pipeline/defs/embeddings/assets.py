@@ -22,13 +22,16 @@ from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.evaluation.smoke import latest_smoke
 
 
+def reembed_key(space: str) -> dg.AssetKey:
+    return dg.AssetKey(["embeddings", asset_name(space)])
+
+
 def _build_reembed_asset(*, space: str, config: PipelineConfig,
                          partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     cfg = config.space(space)
 
     @dg.asset(
-        name=asset_name(space),
-        key_prefix=["embeddings"],
+        key=reembed_key(space),
         group_name="embeddings",
         partitions_def=partitions,
         description=f"Vectors of space `{space}` ({cfg.model}, {cfg.dimensions}-d, {cfg.transport}) "

@@ -15,11 +15,8 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.queue import pending_signal
-from embedding_pipeline.defs.resources import (
-    PipelineResource,
-    asset_name,
-    source_partitions,
-)
+from embedding_pipeline.defs.embeddings.assets import reembed_key
+from embedding_pipeline.defs.resources import PipelineResource, source_partitions
 from embedding_pipeline.embeddings.capture import consume
 from embedding_pipeline.errors import EmbeddingPipelineError
 
@@ -58,7 +55,7 @@ def _build_job(partitions: dg.PartitionsDefinition) -> dg.JobDefinition:
         for space, s in per_space.items():
             # An observation, not a materialization: it must not trigger what depends on a full rebuild.
             context.log_event(dg.AssetObservation(
-                asset_key=dg.AssetKey(["embeddings", asset_name(space)]), partition=source,
+                asset_key=reembed_key(space), partition=source,
                 metadata={"incremental_rows_embedded": s["embedded"], "incremental_rows_deleted": s["deleted"]}))
         context.add_output_metadata({**totals, "deferred": deferred or ""})
         return {**totals, "spaces": per_space, "deferred": deferred}

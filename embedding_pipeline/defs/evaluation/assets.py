@@ -15,6 +15,7 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.schema import ensure_schema
+from embedding_pipeline.defs.embeddings.assets import reembed_key
 from embedding_pipeline.defs.resources import (
     PipelineResource,
     asset_name,
@@ -128,9 +129,13 @@ def _build_shadow_eval_asset(*, space: str, config: PipelineConfig, partitions: 
 def build(config: PipelineConfig) -> dg.Definitions:
     partitions = source_partitions(config)
     spaces = sorted({s for src in config.sources for s in config.spaces_for(src)})
-    # Any built space may be the active one after a cutover, so each eval depends on all of them.
-    deps = [dg.AssetKey(["embeddings", asset_name(s)]) for s in spaces]
-    assets = [_build_shadow_eval_asset(space=s, config=config, partitions=partitions, deps=deps) for s in spaces]
+    # An eval compares two spaces: this candidate and the source's active one. The active space is the
+    # configured active_space (the legacy column has no embeddings asset); a later cutover to another
+    # space is read from the bindings at run time and is not drawn as lineage.
+    active = {config.source(src).active_space for src in config.sources} & set(spaces)
+    assets = [_build_shadow_eval_asset(space=s, config=config, partitions=partitions,
+                                       deps=[reembed_key(d) for d in sorted({s} | active)])
+              for s in spaces]
     job = dg.define_asset_job("shadow_eval", selection=dg.AssetSelection.groups("evaluation"),
                               partitions_def=partitions,
                               description="Compare every shadow space of one source table with its active space.")

@@ -26,7 +26,7 @@ class SmokeConfig(dg.Config):
 
 
 def smoke_key(space: str) -> dg.AssetKey:
-    return dg.AssetKey(["smoke", asset_name(space)])
+    return dg.AssetKey(["smoke", f"smoke_{asset_name(space)}"])
 
 
 def metadata(result: dict) -> dict:
