@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
-import yaml
 
-from embedding_pipeline.config import load_config
 from embedding_pipeline.cutover.app_env import app_env as app_env_vars
 from embedding_pipeline.cutover.app_flip import cutover_app, rollback_app
 from embedding_pipeline.cutover.app_stage import stage
-from embedding_pipeline.errors import ConfigError, RefusedError
+from embedding_pipeline.errors import RefusedError
 from embedding_pipeline.read_path.search import search
 from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.columns import hnsw_index_on
@@ -24,43 +22,11 @@ from embedding_pipeline_tests.support.app_cutover_env import (
     NEW,
     SAME_DIM,
     SOURCES,
-    app_config_dict,
+    columns_of,
     rng,
 )
 
 QUERY = "how long does Alice boil pasta"
-
-
-def _cfg(tmp_path, mutate):
-    raw = app_config_dict()
-    mutate(raw)
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return load_config(path)
-
-
-def test_apps_config_references_are_checked(tmp_path):
-    cfg = _cfg(tmp_path, lambda r: None)
-    assert cfg.app(APP).cutover == "column" and cfg.app_of("documents") == APP
-    with pytest.raises(ConfigError, match=r"apps\.honcho\.sources: unknown source 'nope'"):
-        _cfg(tmp_path, lambda r: r["apps"][APP]["sources"].append("nope"))
-    with pytest.raises(ConfigError, match=r"apps\.other\.sources: source 'documents' already belongs to app 'honcho'"):
-        _cfg(tmp_path, lambda r: r["apps"].update(other={"sources": ["documents"]}))
-    with pytest.raises(ConfigError, match=r"apps\.honcho\.cutover: 'column' needs sources\.documents\.legacy_vector_"):
-        _cfg(tmp_path, lambda r: (r["sources"]["documents"].pop("legacy_space"),
-                                  r["sources"]["documents"].pop("legacy_vector_column")))
-    with pytest.raises(ConfigError, match=r"apps\.honcho\.cutover"):
-        _cfg(tmp_path, lambda r: r["apps"][APP].update(cutover="in-place"))
-    with pytest.raises(ConfigError, match=r"unknown app 'x'"):
-        cfg.app("x")
-    view = _cfg(tmp_path, lambda r: r["apps"][APP].update(cutover="view"))
-    with pytest.raises(ConfigError, match=r"apps\.honcho\.cutover is 'view'.*cutover --source"):
-        cutover_app(None, view, APP, NEW)
-
-
-def _columns(env, table):
-    return dict(env.q("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
-                      "AND attnum > 0 AND NOT attisdropped", (table,)))
 
 
 def _counts(env):
@@ -72,8 +38,8 @@ def test_stage_adds_fills_and_indexes_the_column_resumably(app_env):
     [d, m] = stage(env.db, env.cfg, APP, NEW)
     assert d.column == "embedding__minilm-256" and d.column_added and d.mode == "full"
     for r, table in ((d, "documents"), (m, "message_embeddings")):
-        assert _columns(env, table)[r.column] == "vector(256)"
-        assert _columns(env, table)["embedding"] == "vector(384)"  # the app's column is untouched
+        assert columns_of(env, table)[r.column] == "vector(256)"
+        assert columns_of(env, table)["embedding"] == "vector(384)"  # the app's column is untouched
         # Every per-model vector is in the column, byte for byte.
         assert env.q(f'SELECT count(*) FROM {table} t JOIN embedding_pipeline."{table}__minilm-256" e '
                      f'ON e.source_id = t.id WHERE t."{r.column}" = e.embedding')[0][0] == r.rows_read
@@ -119,7 +85,7 @@ def test_flip_serves_the_new_space_to_honchos_own_queries(app_env):
     assert r["space"] == NEW and r["previous_space"] == LEGACY and not r["forced"] and r["validator"] == "ok"
     assert r["lock_held_ms"] < 1000, r
     for table in SOURCES:
-        cols = _columns(env, table)
+        cols = columns_of(env, table)
         assert cols["embedding"] == "vector(256)" and cols["embedding__minilm"] == "vector(384)"
         assert "embedding__minilm-256" not in cols
         with env.db.connect() as conn:
@@ -153,7 +119,7 @@ def test_flip_serves_the_new_space_to_honchos_own_queries(app_env):
 
 
 def _state(env):
-    return ({t: _columns(env, t) for t in SOURCES},
+    return ({t: columns_of(env, t) for t in SOURCES},
             env.q("SELECT source, space, status, vector_column FROM embedding_pipeline.bindings ORDER BY 1, 2"),
             env.q("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid IN "
                   "('documents'::regclass, 'message_embeddings'::regclass) ORDER BY 1"))
@@ -185,7 +151,7 @@ def test_same_dimension_flip_waits_for_the_app_to_drain(app_env):
         assert _state(env) == before
         r = cutover_app(env.db, env.cfg, APP, SAME_DIM, force=True, drained=True)
     assert r["drained"] and r["space"] == SAME_DIM
-    assert _columns(env, "documents")["embedding"] == "vector(384)"
+    assert columns_of(env, "documents")["embedding"] == "vector(384)"
     assert env.q("SELECT count(*) FROM documents d JOIN \"embedding_pipeline\".\"documents__minilm-p\" e "
                  "ON e.source_id = d.id WHERE d.embedding = e.embedding")[0][0] == \
         env.q("SELECT count(*) FROM documents WHERE deleted_at IS NULL")[0][0]
@@ -222,7 +188,7 @@ def test_rollback_restores_the_legacy_column_with_rows_written_meanwhile(app_env
     assert r["space"] == LEGACY and r["previous_space"] == NEW and r["validator"] == "ok"
     assert r["refilled_rows"] == {"documents": 1, "message_embeddings": 1}
     for table in SOURCES:
-        cols = _columns(env, table)
+        cols = columns_of(env, table)
         assert cols["embedding"] == "vector(384)" and cols["embedding__minilm-256"] == "vector(256)"
         with env.db.connect() as conn:
             assert hnsw_index_on(conn, "public", table, "embedding")["name"] == f"ix_{table}_embedding_hnsw"
@@ -355,137 +321,3 @@ def test_an_app_writing_and_reading_through_fill_and_flip(app_env):
     reembed(env.db, env.cfg, "documents", NEW, env.provider_for(NEW))
     stage(env.db, env.cfg, APP, NEW)
     assert env.q("SELECT count(*) FROM documents WHERE deleted_at IS NULL AND embedding IS NULL")[0][0] == 0
-
-
-def test_cli_app_stage_cutover_env_status_and_rollback(app_env, capsys):
-    import json
-
-    from embedding_pipeline.cli import main
-
-    env = app_env
-    cfg = ["--config", str(env.config_path)]
-    assert main([*cfg, "app-env", "--app", APP]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "EMBEDDING_VECTOR_DIMENSIONS=384", "EMBEDDING_MODEL_CONFIG__MODEL=sentence-transformers/all-MiniLM-L6-v2",
-        "EMBEDDING_MODEL_CONFIG__TRANSPORT=sentence_transformers"]
-    assert main([*cfg, "app-stage", "--app", APP, "--space", NEW, "--json"]) == 0
-    assert [r["column"] for r in json.loads(capsys.readouterr().out)] == ["embedding__minilm-256"] * 2
-    assert main([*cfg, "cutover", "--app", APP, "--space", NEW]) == 1  # gates: no backup, no evaluation
-    assert "refused" in capsys.readouterr().err
-    assert main([*cfg, "cutover", "--app", APP, "--space", NEW, "--force"]) == 0
-    out = capsys.readouterr().out
-    assert "app honcho: columns now hold minilm-256 (was minilm)" in out and "FORCED" in out
-    assert main([*cfg, "app-env", "--app", APP, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["EMBEDDING_VECTOR_DIMENSIONS"] == "256"
-    assert main([*cfg, "status", "--json"]) == 0
-    report = {s["source"]: s for s in json.loads(capsys.readouterr().out)}
-    assert report["documents"]["active_space"] == NEW
-    assert report["documents"]["app"]["holds"] == NEW and report["documents"]["app"]["validator"] == "ok"
-    assert report["documents"]["app"]["aside"] == {LEGACY: "embedding__minilm"}
-    assert main([*cfg, "status"]) == 0
-    assert "app honcho (column cutover): columns hold minilm-256" in capsys.readouterr().out
-    assert main([*cfg, "cutover", "--source", "documents", "--space", SAME_DIM, "--force"]) == 1
-    assert "cutover --app honcho" in capsys.readouterr().err
-    assert main([*cfg, "rollback", "--app", APP]) == 0
-    assert "columns now hold minilm (was minilm-256)" in capsys.readouterr().out
-
-
-def test_dagster_app_jobs(app_env):
-    import dagster as dg
-
-    from embedding_pipeline.defs.cutover import app_jobs
-    from embedding_pipeline.defs.resources import PipelineResource
-
-    env = app_env
-    defs = dg.Definitions.merge(app_jobs.build(env.cfg), dg.Definitions(
-        resources={"pipeline": PipelineResource(config_path=str(env.config_path))}))
-
-    def run(job, **cfg):
-        return defs.get_job_def(job).execute_in_process(
-            run_config={"ops": {f"{job}_op": {"config": cfg}}}, raise_on_error=False)
-
-    assert run("app_stage", app=APP, space=NEW).success
-    assert run("app_cutover", app=APP, space=NEW, force=True).success
-    assert _columns(env, "documents")["embedding"] == "vector(256)"
-    again = run("app_cutover", app=APP, space=NEW, force=True)
-    assert not again.success  # refused: the columns already hold minilm-256
-    failure = again.failure_data_for_node("app_cutover_op").user_failure_data
-    assert failure.description.splitlines()[1:] == [
-        f"- {s}: space {NEW!r} is already the active space of source {s!r}; nothing to do" for s in SOURCES]
-    assert run("app_rollback", app=APP).success
-    assert _columns(env, "documents")["embedding"] == "vector(384)"
-
-
-def test_drift_and_status_read_the_moved_columns(app_env):
-    from embedding_pipeline.cutover.status import status
-    from embedding_pipeline.drift.stats import collect, evaluate
-
-    env = app_env
-
-    def failures():
-        with env.db.connect() as conn:
-            drifts = [d for s in SOURCES for d in collect(conn, env.cfg, s)]
-        bad = [f.message for o in evaluate(env.cfg, drifts) for f in o.findings if f.severity == "error"]
-        return bad, {(d.source, d.space): (d.counts.table, d.counts.declared_dims) for d in drifts}
-
-    stage(env.db, env.cfg, APP, NEW)
-    cutover_app(env.db, env.cfg, APP, NEW, force=True)
-    bad, tables = failures()
-    assert bad == []
-    # The retired legacy space is read from the column it was moved to, at its own dimension.
-    assert tables[("documents", LEGACY)] == ("public.documents.embedding__minilm", 384)
-    rows = {s["source"]: s for s in status(env.db, env.cfg)}
-    legacy = next(sp for sp in rows["documents"]["spaces"] if sp["name"] == LEGACY)
-    assert rows["documents"]["active_space"] == NEW and rows["documents"]["rollback_available"]
-    assert legacy["table"] == "public.documents.embedding__minilm" and legacy["coverage"] == 1.0
-    rollback_app(env.db, env.cfg, APP, provider_for=env.provider_for)
-    bad, tables = failures()
-    assert bad == [] and tables[("documents", LEGACY)] == ("public.documents.embedding", 384)
-
-
-def test_hostile_table_and_column_names(db, tmp_path, providers):  # noqa: F811
-    """Quotes, spaces and capitals in the app's table and column names, a 63-byte-long staged name."""
-    from embedding_pipeline.db.schema import ensure_schema
-    from embedding_pipeline.embeddings.reembed import reembed
-    from embedding_pipeline.embeddings.setup import prepare_source
-    from embedding_pipeline.providers import build_provider
-
-    table, col = 'Honcho "Docs"; x', 'Emb "v" ' + "w" * 40
-    raw = app_config_dict()
-    raw["sources"] = {"docs": {"schema": "public", "table": table, "id_column": "id", "text_column": "content",
-                               "legacy_vector_column": col, "legacy_space": LEGACY, "active_space": LEGACY,
-                               "spaces": [NEW]}}
-    raw["apps"] = {APP: {"sources": ["docs"], "cutover": "column"}}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(path)
-
-    def provider_for(name):
-        if name not in providers:
-            providers[name] = build_provider(name, cfg.space(name))
-        return providers[name]
-    texts = honcho_schema.TEXTS
-    ident = psycopg.sql.Identifier("public", table)
-    with db.connect() as conn:
-        ensure_schema(conn, cfg.project_schema)
-        conn.execute(psycopg.sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, content text, {} vector(384))").format(
-            ident, psycopg.sql.Identifier(col)))
-        conn.execute(psycopg.sql.SQL("CREATE INDEX {} ON {} USING hnsw ({} vector_cosine_ops) WITH (m = 8, "
-                                     "ef_construction = 32)").format(psycopg.sql.Identifier("live idx"), ident,
-                                                                     psycopg.sql.Identifier(col)))
-        with conn.cursor() as cur:
-            cur.executemany(psycopg.sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(ident), [
-                (i, t, v) for i, (t, v) in enumerate(zip(texts, provider_for(LEGACY).embed_documents(texts)))])
-        conn.commit()
-        prepare_source(conn, cfg, "docs", provider_for, spaces=[LEGACY, NEW])
-    reembed(db, cfg, "docs", NEW, provider_for(NEW))
-    [r] = stage(db, cfg, APP, NEW)
-    assert len(r.column.encode()) <= 63 and r.index_action == "built"
-    out = cutover_app(db, cfg, APP, NEW, force=True)
-    assert out["validator"] == "ok"
-    with db.connect() as conn:
-        live = hnsw_index_on(conn, "public", table, col)
-        assert (live["name"], live["m"], live["ef_construction"]) == ("live idx", 8, 32)
-        assert conn.execute(psycopg.sql.SQL("SELECT count({}) FROM {}").format(
-            psycopg.sql.Identifier(col), ident)).fetchone()[0] == len(texts)
-    assert rollback_app(db, cfg, APP, provider_for=provider_for)["space"] == LEGACY

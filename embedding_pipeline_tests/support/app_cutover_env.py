@@ -98,5 +98,11 @@ def build_template(db, cfg, provider_for) -> None:
             reembed(db, cfg, s, space, provider_for(space))
 
 
+def columns_of(env, table: str) -> dict[str, str]:
+    """{column: declared type} of a live table, read from the catalog."""
+    return dict(env.q("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
+                      "AND attnum > 0 AND NOT attisdropped", (table,)))
+
+
 def rng():
     return random.Random(uuid.uuid4().int)
