@@ -30,12 +30,12 @@ def dagster_materialize(ctx):
     def materialize(source: str, spaces: list[str]) -> dict:
         import dagster as dg
 
-        from embedding_pipeline.defs.resources import asset_name
+        from embedding_pipeline.defs.embeddings.assets import reembed_key
         from embedding_pipeline.local.dev import prepare_dagster_home
 
         env = prepare_dagster_home(ctx.db)
         os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")})
-        by_key = {dg.AssetKey(["embeddings", asset_name(s)]): s for s in spaces}
+        by_key = {reembed_key(s): s for s in spaces}
         with warnings.catch_warnings():  # beta parameters of the pinned Dagster, raised as defs resolve
             warnings.simplefilter("ignore", dg.BetaWarning)
             from embedding_pipeline.definitions import defs
