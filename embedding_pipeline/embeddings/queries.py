@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from embedding_pipeline.spaces.queries import HAS_TEXT
-
-
-def _row_filter(row_filter: str | None) -> sql.SQL:
-    return sql.SQL(row_filter) if row_filter else sql.SQL("true")
+from embedding_pipeline.spaces.queries import (  # noqa: F401 (set_lock_timeout: one builder, used by capture too)
+    HAS_TEXT,
+    row_filter_sql,
+    set_lock_timeout,
+)
 
 
 # ---------------------------------------------------------------- the re-embed engine
@@ -68,7 +68,7 @@ def count_blank(table: sql.Identifier, text_column: str, row_filter: str | None)
     """(NULL texts, blank texts) among the rows the filter passes."""
     return sql.SQL(
         "SELECT count(*) FILTER (WHERE {t} IS NULL), count(*) FILTER (WHERE {t} IS NOT NULL AND NOT ({t} " + HAS_TEXT + ")) "
-        "FROM {tbl} WHERE ({filt})").format(t=sql.Identifier(text_column), tbl=table, filt=_row_filter(row_filter))
+        "FROM {tbl} WHERE ({filt})").format(t=sql.Identifier(text_column), tbl=table, filt=row_filter_sql(row_filter))
 
 
 def count_eligible_and_stored(eligible: sql.Composable, table: sql.Identifier) -> sql.Composed:
@@ -235,10 +235,6 @@ def grant_queue(schema: str, queue: str, role: str | None) -> list[sql.Composed]
             sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, f"{queue}_id_seq"), who)]
 
 
-def set_lock_timeout(value: str) -> sql.Composed:
-    return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(value))
-
-
 def upsert_state_trigger(state: sql.Identifier) -> sql.Composed:
     """Params: source; a row already in trigger mode is left as it is."""
     return sql.SQL(
@@ -293,7 +289,7 @@ def poll_cursor(table: sql.Identifier, id_column: str, text_column: str, row_fil
         "WHERE NOT EXISTS (SELECT 1 FROM {q} q WHERE q.source = %(src)s AND q.source_id = c.id::text) "
         "AND ({ood}) RETURNING 1) "
         "SELECT (SELECT count(*) FROM ins), (SELECT max(upd) FROM c)").format(
-            id=sql.Identifier(id_column), txt=sql.Identifier(text_column), filt=_row_filter(row_filter),
+            id=sql.Identifier(id_column), txt=sql.Identifier(text_column), filt=row_filter_sql(row_filter),
             upd=sql.Identifier(updated_at_column), tbl=table, q=queue,
             ood=sql.SQL(" OR ").join(out_of_date or [sql.SQL("false")]))
 
@@ -345,7 +341,7 @@ def legacy_counts(table: sql.Identifier, column: str, text_column: str, row_filt
     """(eligible rows, non-NULL vectors in ``column`` among them)."""
     return sql.SQL(
         "SELECT count(*), count({v}) FROM {tbl} WHERE ({filt}) AND {t} " + HAS_TEXT
-    ).format(v=sql.Identifier(column), tbl=table, filt=_row_filter(row_filter), t=sql.Identifier(text_column))
+    ).format(v=sql.Identifier(column), tbl=table, filt=row_filter_sql(row_filter), t=sql.Identifier(text_column))
 
 
 # ---------------------------------------------------------------- app column after a flip

@@ -107,7 +107,8 @@ def set_maintenance_work_mem(value: str) -> sql.Composed:
 # ---------------------------------------------------------------- source rows
 
 
-def _row_filter(row_filter: str | None) -> sql.SQL:
+def row_filter_sql(row_filter: str | None) -> sql.SQL:
+    """The operator's row filter as SQL (``true`` when none is configured)."""
     return sql.SQL(row_filter) if row_filter else sql.SQL("true")
 
 
@@ -125,7 +126,7 @@ def eligible_rows(table: sql.Identifier, id_column: str, text_column: str, row_f
     return sql.SQL(
         "SELECT {id} AS id, {text} AS content FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT
     ).format(id=sql.Identifier(id_column), text=sql.Identifier(text_column), tbl=table,
-             filt=_row_filter(row_filter))
+             filt=row_filter_sql(row_filter))
 
 
 def legacy_rows(table: sql.Identifier, id_column: str, text_column: str, row_filter: str | None, column: str,
@@ -137,7 +138,7 @@ def legacy_rows(table: sql.Identifier, id_column: str, text_column: str, row_fil
     return sql.SQL(
         "SELECT {id} AS source_id, {vec} AS embedding, {space}::text AS space, {mv}::text AS model_version "
         "FROM {tbl} WHERE ({filt}) AND {text} " + HAS_TEXT + " AND {vec} IS NOT NULL"
-    ).format(id=sql.Identifier(id_column), vec=sql.Identifier(column), tbl=table, filt=_row_filter(row_filter),
+    ).format(id=sql.Identifier(id_column), vec=sql.Identifier(column), tbl=table, filt=row_filter_sql(row_filter),
              text=sql.Identifier(text_column), space=sql.Literal(space), mv=sql.Literal(model_version))
 
 
@@ -197,5 +198,7 @@ def select_hnsw_index() -> sql.SQL:
         "ORDER BY i.indisvalid DESC, ic.relname LIMIT 1")
 
 
-def set_lock_timeout(ms: int) -> sql.Composed:
-    return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(ms)}ms"))
+def set_lock_timeout(value: int | str) -> sql.Composed:
+    """``SET LOCAL lock_timeout``: milliseconds as an int, or a PostgreSQL interval text such as '5s'."""
+    return sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(value)}ms" if isinstance(value, int)
+                                                                     else value))
