@@ -188,7 +188,7 @@ def test_qrels_are_the_live_documents_of_the_query_topic(db, minilm):
 
 
 def test_generator_default_scale_is_varied_and_deterministic():
-    """The default demo (2,000 documents, 1,500 messages) must look like real, varied bilingual data."""
+    """A demo seeded at 2,000 documents and 1,500 messages must look like real, varied bilingual data."""
     docs = [document_row(i) for i in range(2000)]
     msgs = [message_row(i) for i in range(1500)]
     assert docs[:50] == [document_row(i) for i in range(50)] and msgs[:50] == [message_row(i) for i in range(50)]

