@@ -338,13 +338,33 @@ def count_eligible(eligible: sql.Composable) -> sql.Composed:
 
 
 def table_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable) -> sql.Composed:
-    """(eligible, stored, covered, stale, orphans) in one pass; ``sha``: the content hash over ``s.content``."""
+    """Per stored model_version (NULL: eligible rows with no vector): (eligible, stored, covered, stale, orphans).
+
+    One FULL JOIN, grouped by version, so the version distribution comes from the same pass as the
+    counts (a second GROUP BY would scan the space table again); the caller sums the groups.
+    ``sha``: the content hash over ``s.content``.
+    """
     return sql.SQL(
-        "SELECT count(s.id), count(e.source_id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
+        "SELECT e.model_version, count(s.id), count(e.source_id), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
         "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
         "count(*) FILTER (WHERE s.id IS NULL) "
-        "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id"
+        "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id GROUP BY 1"
     ).format(h=sha, eligible=eligible, tbl=table)
+
+
+def changed_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable, id_type: str) -> sql.Composed:
+    """Params: ``{"ids": [...]}`` as text. Among these rows only: (eligible, missing, stale, orphans).
+
+    Both sides are read by key (``= ANY``), so the cost follows the number of ids, never the tables.
+    """
+    return sql.SQL(
+        "SELECT count(s.id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NULL), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
+        "count(*) FILTER (WHERE s.id IS NULL) "
+        "FROM (SELECT * FROM ({eligible}) s0 WHERE s0.id = ANY(%(ids)s::{idt}[])) s "
+        "FULL JOIN (SELECT source_id, content_sha256 FROM {tbl} WHERE source_id = ANY(%(ids)s::{idt}[])) e "
+        "ON e.source_id = s.id").format(h=sha, eligible=eligible, tbl=table, idt=sql.SQL(id_type))
 
 
 def count_versions(table: sql.Identifier) -> sql.Composed:
