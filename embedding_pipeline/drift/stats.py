@@ -8,15 +8,15 @@ configured dimension. Each run appends to ``<schema>.drift_history``; ``evaluate
 stats into checks whose findings name table, space, numbers and the fix (never content).
 The nightly quality regression baseline lives here too.
 
-Cost per (source, space), from ``coverage.space_counts`` plus catalog lookups:
-- per-model table: one hash FULL JOIN of the source's eligible rows with the space table.
-  The source side is a sequential scan reading id + content and hashing every content
-  (sha256, CPU-bound, in the order of a second per million short rows); the space side
-  reads primary key + content_sha256 from the heap (not index-only: the hash is not
-  indexed). The ``GROUP BY model_version`` is a second sequential scan of the space table,
-  whose rows hold the vector inline (about 1-1.6 KB each at 256-384 dimensions), so at
-  10M rows that scan reads 10-16 GB and dominates; with the CHECK constraint validated the
-  database already guarantees one version (see the lead's note on skipping the scan).
+Cost per (source, space), by mode (see ``collect``; measured in docs/benchmarks.md):
+- full (the proof): one hash FULL JOIN of the source's eligible rows with the space table,
+  grouped by model_version, so the version distribution comes from the same pass. The source
+  side is a sequential scan hashing every content (sha256, CPU-bound, about a second per
+  million short rows); the space side reads the covering primary key (source_id INCLUDE
+  model_version, content_sha256) index-only once the table is vacuumed.
+- incremental: the capture queue's ids (and refused rows) probed by key on both tables:
+  O(changes); the version is proved by the validated CHECK constraint (catalog), else counted.
+- version: one GROUP BY model_version over the space table (index-only on the covering key).
 - legacy column: one sequential scan of the source; ``count(column)`` reads the NULL bitmap
   only and never detoasts a vector.
 - dimensions, the NOT NULL flag and the CHECK constraint: catalog lookups, no table read.
