@@ -120,10 +120,10 @@ def select_trigger_capture(state: sql.Identifier) -> sql.Composed:
 
 
 def select_changed_ids(queue: sql.Identifier, schema: str) -> sql.Composed:
-    """Params: source, source, space; ids (text) queued for the source, or refused for the space."""
+    """Params: ``{"src", "space"}``; ids (text) queued for the source, or refused for the space."""
     return sql.SQL(
-        "SELECT source_id FROM {q} WHERE source = %s UNION "
-        "SELECT source_id FROM {r} WHERE source = %s AND space = %s").format(
+        "SELECT source_id FROM {q} WHERE source = %(src)s UNION ALL "
+        "SELECT source_id FROM {r} WHERE source = %(src)s AND space = %(space)s").format(
             q=queue, r=sql.Identifier(schema, "refused_rows"))
 
 

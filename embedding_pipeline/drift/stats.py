@@ -217,9 +217,9 @@ def _incremental(conn, config: PipelineConfig, src: SourceTable, b: Binding,
     if stale or orphans or coverage < 1.0:
         return None, None, (f"incremental not possible: the last full check ({at:%Y-%m-%d %H:%M}) was not clean "
                             f"(stale {stale}, orphans {orphans}, coverage {coverage:.6f})")
-    ids = [r[0] for r in conn.execute(queries.select_changed_ids(sql.Identifier(schema, QUEUE), schema),
-                                      (src.name, src.name, b.space)).fetchall()]
-    _, missing, n_stale, n_orphans = changed_counts(conn, config, src, b.space, ids)
+    n_ids, _, missing, n_stale, n_orphans = changed_counts(
+        conn, config, src, b.space, queries.select_changed_ids(sql.Identifier(schema, QUEUE), schema),
+        {"src": src.name, "space": b.space})
     resolved = config.space(b.space)
     table = resolved.on(src)
     counts = SpaceCounts(src.name, b.space, "table", table.qualified, expected_version=resolved.model_version,
@@ -229,7 +229,7 @@ def _incremental(conn, config: PipelineConfig, src: SourceTable, b: Binding,
     # stale and orphans are exact (the full check found none; only these rows can have changed since).
     counts.eligible, counts.stored = eligible, stored
     counts.covered, counts.stale, counts.orphans = max(eligible - missing, 0), n_stale, n_orphans
-    return counts, len(ids), (f"from capture: {len(ids)} changed row(s) probed on top of the full check of "
+    return counts, n_ids, (f"from capture: {n_ids} changed row(s) probed on top of the full check of "
                               f"{at:%Y-%m-%d %H:%M} (eligible/stored as of then)")
 
 

@@ -96,14 +96,14 @@ def version_counts(conn, config: PipelineConfig, source: SourceTable, space: str
     return counts
 
 
-def changed_counts(conn, config: PipelineConfig, source: SourceTable, space: str, ids: list[str]) -> tuple[int, ...]:
-    """(eligible, missing, stale, orphans) among ``ids`` (text) only: O(len(ids)) index probes."""
-    table = config.space(space).on(source)
-    if not ids:
-        return 0, 0, 0, 0
-    return conn.execute(queries.changed_counts(source.eligible_rows(), table.ident,
-                                               config.space(space).content_hash(sql.SQL("s.content")),
-                                               source.id_type), {"ids": ids}).fetchone()
+def changed_counts(conn, config: PipelineConfig, source: SourceTable, space: str, ids: sql.Composable,
+                   params: dict) -> tuple[int, ...]:
+    """(rows, eligible, missing, stale, orphans) among the rows whose text ids the query ``ids`` (with
+    ``params``) selects: O(rows) index probes, the ids never leaving the server."""
+    resolved = config.space(space)
+    return conn.execute(queries.changed_counts(source.eligible_rows(), resolved.on(source).ident,
+                                               resolved.content_hash(sql.SQL("s.content")), source.id_type, ids),
+                        params).fetchone()
 
 
 def _table_header(conn, config: PipelineConfig, source: SourceTable, space: str):

@@ -353,18 +353,22 @@ def table_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Compo
     ).format(h=sha, eligible=eligible, tbl=table)
 
 
-def changed_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable, id_type: str) -> sql.Composed:
-    """Params: ``{"ids": [...]}`` as text. Among these rows only: (eligible, missing, stale, orphans).
+def changed_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable, id_type: str,
+                   ids: sql.Composable) -> sql.Composed:
+    """Among the rows whose ids (text) ``ids`` selects, only: (rows, eligible, missing, stale, orphans).
 
-    Both sides are read by key (``= ANY``), so the cost follows the number of ids, never the tables.
+    The ids are gathered once into an array on the server and both sides are read by key (``= ANY``),
+    so the cost follows the number of ids, never the tables; no id travels to the client.
     """
     return sql.SQL(
-        "SELECT count(s.id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NULL), "
+        "WITH c AS MATERIALIZED (SELECT coalesce(array_agg(DISTINCT i.id::{idt}), '{{}}') AS a FROM ({ids}) i(id)) "
+        "SELECT (SELECT cardinality(a) FROM c), count(s.id), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NULL), "
         "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
         "count(*) FILTER (WHERE s.id IS NULL) "
-        "FROM (SELECT * FROM ({eligible}) s0 WHERE s0.id = ANY(%(ids)s::{idt}[])) s "
-        "FULL JOIN (SELECT source_id, content_sha256 FROM {tbl} WHERE source_id = ANY(%(ids)s::{idt}[])) e "
-        "ON e.source_id = s.id").format(h=sha, eligible=eligible, tbl=table, idt=sql.SQL(id_type))
+        "FROM (SELECT * FROM ({eligible}) s0 WHERE s0.id = ANY((SELECT a FROM c)::{idt}[])) s "
+        "FULL JOIN (SELECT source_id, content_sha256 FROM {tbl} WHERE source_id = ANY((SELECT a FROM c)::{idt}[])) e "
+        "ON e.source_id = s.id").format(h=sha, eligible=eligible, tbl=table, idt=sql.SQL(id_type), ids=ids)
 
 
 def count_versions(table: sql.Identifier) -> sql.Composed:
