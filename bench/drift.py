@@ -1,4 +1,4 @@
-"""drift_vs_groupby: the drift stats query against a bare ``GROUP BY model_version``, at 1M rows.
+"""drift: the three drift modes against their baselines, at 1M rows (1% changed, capture trigger on).
 
 ``coverage.space_counts`` answers eligible / stored / covered / stale / orphans in one FULL
 JOIN of the eligible source rows with the space table, recomputing each row's content hash
@@ -29,7 +29,7 @@ from bench.common import (
     touch_rows,
     unit_vectors,
 )
-from embedding_pipeline.embeddings.coverage import space_counts
+from embedding_pipeline.drift.stats import collect, ensure_drift_tables, record
 from embedding_pipeline.spaces.model import hash_expr, space_table_name
 
 # {h} is the stale predicate's left side; {el} the eligible-rows subquery; {tbl} the space table.
@@ -70,7 +70,7 @@ def variants(cfg, source, tbl) -> dict:
     el = source.eligible_rows()
     el_upd = sql.SQL("SELECT id, content, updated_at FROM public.documents WHERE (deleted_at IS NULL) AND content ~ '\\S'")
     el_hash = sql.SQL("SELECT id, content_hash FROM public.documents WHERE (deleted_at IS NULL) AND content ~ '\\S'")
-    q = lambda tpl, stale, e=el: sql.SQL(tpl).format(stale=sql.SQL(stale).format(h=hash_expr(fp, sql.SQL("s.content"))),  # noqa: E731
+    q = lambda tpl, stale, e=el: sql.SQL(tpl).format(stale=sql.SQL(stale).format(h=hash_expr(fp, sql.SQL("s.content"))),
                                                      el=e, tbl=tbl)
     return {
         "engine_counts_query": q(COUNTS, "e.content_sha256 <> {h}"),
@@ -89,55 +89,84 @@ def variants(cfg, source, tbl) -> dict:
     }
 
 
-def run(*, rows: int = 1_000_000, repeats: int = 3, log=print) -> dict:
+def minimal_sql(cfg, tbl) -> sql.Composed:
+    """The minimal single statement computing the full check's four numbers (coverage, stale, orphans,
+    versions), written here from the definitions, not taken from the engine: one FULL JOIN of the eligible
+    rows (filter passes, text not blank) with the space table, grouped by version, stale by recomputed hash."""
+    el = sql.SQL("SELECT id, content FROM public.documents WHERE (deleted_at IS NULL) AND content ~ '\\S'")
+    return sql.SQL(ONE_PASS).format(
+        stale=sql.SQL("e.content_sha256 <> {}").format(hash_expr(cfg.space(PRECOMPUTED).fingerprint,
+                                                                 sql.SQL("s.content"))), el=el, tbl=tbl)
+
+
+def _collect_seconds(conn, cfg, mode: str):
+    t = time.perf_counter()
+    drifts = collect(conn, cfg, SOURCE, mode=mode)
+    conn.commit()
+    return time.perf_counter() - t, drifts
+
+
+def run(*, rows: int = 1_000_000, repeats: int = 3, changed: float = 0.01, with_variants: bool = False,
+        log=print) -> dict:
+    """The three drift modes, each against its own baseline, interleaved ``repeats`` times after a warm-up:
+    version vs a bare GROUP BY, full vs the minimal single statement, incremental vs full."""
+    from embedding_pipeline.embeddings.capture import enable_capture
+
     cfg = bench_config()
     provider = PrecomputedProvider(PRECOMPUTED, cfg.space(PRECOMPUTED))
     d: dict = {"rows": rows, "repeats": repeats, "load_before": load()}
     with postgres("drift") as db, db.connect() as conn:
         source = prepare(conn, cfg, rows, [PRECOMPUTED], lambda s: provider)
         tbl = sql.Identifier(cfg.project_schema, space_table_name(SOURCE, PRECOMPUTED))
-        _fill(conn, cfg, tbl)
-        d["edited_rows"] = touch_rows(conn, 0.01)
-        # The stored-hash proposal: a source column kept by trigger (filled once here).
-        conn.execute("ALTER TABLE documents ADD COLUMN content_hash bytea")
-        conn.execute(sql.SQL("UPDATE documents s SET content_hash = {}").format(
-            hash_expr(cfg.space(PRECOMPUTED).fingerprint, sql.SQL("s.content"))))
+        enable_capture(conn, cfg, SOURCE, mode="trigger")  # before the proof, as the incremental premise wants
         conn.commit()
+        _fill(conn, cfg, tbl)
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE documents")
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(tbl))
+        conn.autocommit = False
+        ensure_drift_tables(conn, cfg.project_schema)
+        conn.commit()
+        _, proof = _collect_seconds(conn, cfg, "full")  # the clean full check incremental builds on
+        with conn.transaction():
+            record(conn, cfg.project_schema, proof)
+        d["proof"] = proof[0].to_json()
+        d["edited_rows"] = touch_rows(conn, changed)  # queued by the capture trigger, now stale
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE documents")
+        conn.autocommit = False
         groupby = sql.SQL("SELECT model_version, count(*) FROM {} GROUP BY 1").format(tbl)
-        counts = space_counts(conn, cfg, source, PRECOMPUTED)  # warm-up, and the numbers it reports
+        minimal = minimal_sql(cfg, tbl)
+        for mode in ("version", "full", "incremental"):  # warm-up, and the numbers each reports
+            _, drifts = _collect_seconds(conn, cfg, mode)
+            d[f"{mode}_result"] = drifts[0].to_json()
         _timed(conn, groupby)
-        d["counts"] = counts.to_json()
-        ours, base = [], []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            space_counts(conn, cfg, source, PRECOMPUTED)
-            ours.append(time.perf_counter() - t)
-            base.append(_timed(conn, groupby))
-            log(f"drift: space_counts {ours[-1]:.2f}s, GROUP BY {base[-1]:.2f}s")
-        d["space_counts_seconds"] = summary(ours, 3)
-        d["groupby_seconds"] = summary(base, 3)
-        vs = variants(cfg, source, tbl)
-        d["variants_seconds"] = {}
-        for name, query in vs.items():
-            conn.execute("SET work_mem = '64MB'" if name.endswith("work_mem_64MB") else "RESET work_mem")
-            _timed(conn, query)
-            d["variants_seconds"][name] = summary([_timed(conn, query) for _ in range(2)], 3)
-            log(f"drift: variant {name}: {d['variants_seconds'][name]}")
-        conn.execute("RESET work_mem")
-        d["explain_engine_counts"] = "\n".join(r[0] for r in conn.execute(
-            sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(vs["engine_counts_query"])).fetchall())
-        d["explain_groupby"] = "\n".join(r[0] for r in conn.execute(
-            sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(groupby)).fetchall())
-        d["sha256_only_seconds"] = round(_timed(conn, sql.SQL(
-            "SELECT count(*) FROM documents s WHERE {} IS NOT NULL").format(
-                hash_expr(cfg.space(PRECOMPUTED).fingerprint, sql.SQL("s.content")))), 3)
+        _timed(conn, minimal)
+        conn.commit()
+        t = {k: [] for k in ("version", "groupby", "full", "minimal_sql", "incremental")}
+        for r in range(repeats):
+            t["groupby"].append(_timed(conn, groupby))
+            conn.commit()
+            t["version"].append(_collect_seconds(conn, cfg, "version")[0])
+            t["minimal_sql"].append(_timed(conn, minimal))
+            conn.commit()
+            t["full"].append(_collect_seconds(conn, cfg, "full")[0])
+            t["incremental"].append(_collect_seconds(conn, cfg, "incremental")[0])
+            log(f"drift run {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
+        d["seconds"] = {k: summary(v, 4) for k, v in t.items()}
+        d["explain_minimal_sql"] = "\n".join(r[0] for r in conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(minimal)).fetchall())
+        conn.commit()
+        if with_variants:
+            vs = variants(cfg, source, tbl)
+            d["variants_seconds"] = {name: summary([_timed(conn, q) for _ in range(2)], 3) for name, q in vs.items()}
         d["table_sizes_mb"] = dict(conn.execute(sql.SQL(
             "SELECT 'source', pg_total_relation_size('documents') / 1048576 UNION ALL "
             "SELECT 'space', pg_total_relation_size({}) / 1048576").format(
                 sql.Literal(f"{cfg.project_schema}.\"{space_table_name(SOURCE, PRECOMPUTED)}\""))).fetchall())
     d["load_after"] = load()
-    ratio = statistics.median(ours) / statistics.median(base)
-    return {"drift_vs_groupby": round(ratio, 3), "details": {"drift": d}}
+    med = {k: statistics.median(v) for k, v in t.items()}
+    return {"drift_version_vs_groupby": round(med["version"] / med["groupby"], 3),
+            "drift_full_vs_sql": round(med["full"] / med["minimal_sql"], 3),
+            "drift_incremental_vs_full": round(med["incremental"] / med["full"], 4),
+            "details": {"drift": d}}

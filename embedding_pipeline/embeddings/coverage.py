@@ -67,7 +67,48 @@ class SpaceCounts:
 
 
 def table_counts(conn, config: PipelineConfig, source: SourceTable, space: str) -> SpaceCounts:
-    """Counts for a per-model table in one pass over the source and the table."""
+    """Counts and the version distribution of a per-model table in one pass over the source and the table."""
+    counts, tbl = _table_header(conn, config, source, space)
+    if tbl is None:
+        return counts
+    resolved = config.space(space)
+    for version, eligible, stored, covered, stale, orphans in conn.execute(queries.table_counts(
+            source.eligible_rows(), tbl, resolved.content_hash(sql.SQL("s.content")))).fetchall():
+        counts.eligible += eligible
+        counts.stored += stored
+        counts.covered += covered
+        counts.stale += stale
+        counts.orphans += orphans
+        if version is not None:
+            counts.versions[version] = stored
+    counts.versions = dict(sorted(counts.versions.items(), key=lambda kv: -kv[1]))
+    return counts
+
+
+def version_counts(conn, config: PipelineConfig, source: SourceTable, space: str) -> SpaceCounts:
+    """The version distribution alone (one GROUP BY over the space table's covering key); the other
+    counts are left at 0 and mean nothing. An adopted legacy column is counted in full (one source scan)."""
+    if source.cfg.legacy_space == space:
+        return legacy_counts(conn, config, source)
+    counts, tbl = _table_header(conn, config, source, space)
+    if tbl is not None:
+        counts.versions = dict(conn.execute(queries.count_versions(tbl)).fetchall())
+    return counts
+
+
+def changed_counts(conn, config: PipelineConfig, source: SourceTable, space: str, ids: sql.Composable,
+                   params: dict) -> tuple[int, ...]:
+    """(rows, eligible, missing, stale, orphans) among the rows whose text ids the query ``ids`` (with
+    ``params``) selects: O(rows) index probes, the ids never leaving the server."""
+    resolved = config.space(space)
+    return conn.execute(queries.changed_counts(source.eligible_rows(), resolved.on(source).ident,
+                                               resolved.content_hash(sql.SQL("s.content")), source.id_type, ids),
+                        params).fetchone()
+
+
+def _table_header(conn, config: PipelineConfig, source: SourceTable, space: str):
+    """(SpaceCounts with names and dimensions, the table's identifier or None when it does not exist yet:
+    then ``eligible`` is counted, everything else is 0)."""
     resolved = config.space(space)
     table = resolved.on(source)
     counts = SpaceCounts(source.name, space, "table", table.qualified, expected_version=resolved.model_version,
@@ -75,13 +116,8 @@ def table_counts(conn, config: PipelineConfig, source: SourceTable, space: str) 
     counts.declared_dims = declared_dimension(conn, table.schema, table.name, "embedding")
     if counts.declared_dims is None and not _exists(conn, table.schema, table.name):
         counts.eligible = conn.execute(queries.count_eligible(source.eligible_rows())).fetchone()[0]
-        return counts
-    tbl = table.ident
-    row = conn.execute(queries.table_counts(source.eligible_rows(), tbl,
-                                            resolved.content_hash(sql.SQL("s.content")))).fetchone()
-    counts.eligible, counts.stored, counts.covered, counts.stale, counts.orphans = row
-    counts.versions = dict(conn.execute(queries.count_versions(tbl)).fetchall())
-    return counts
+        return counts, None
+    return counts, table.ident
 
 
 def legacy_counts(conn, config: PipelineConfig, source: SourceTable) -> SpaceCounts:

@@ -1,7 +1,7 @@
 """Every SQL statement of the embeddings package, composed with ``psycopg.sql``.
 
-Grouped by purpose: the re-embed engine (pending rows, orphans, the staging table and its
-upsert, the per-(source, space) run lock, index builds), change capture (the trigger and its
+Grouped by purpose: the re-embed engine (pending rows, orphans, the batch's direct
+COPY and its pruning, the per-(source, space) run lock, index builds), change capture (the trigger and its
 function, grants, the state row, the cursor poll, claiming queue entries), coverage counts,
 and the app column kept current after a flip (``app_sync``). ``cost`` reuses the re-embed's
 pending rows. The queue and state tables themselves (DDL, depth, lag) belong to ``db.queue``.
@@ -33,13 +33,17 @@ from embedding_pipeline.spaces.queries import (  # noqa: F401 (set_lock_timeout:
 
 def pending_rows(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable, model_version: str, *,
                  ids: bool = False, ordered: bool = False) -> sql.Composed:
-    """SELECT id_text, content, sha of eligible rows with no vector, a stale one, or one of another version.
+    """SELECT id_text, content, sha, has_vector, id of eligible rows with no vector, a stale one, or one of
+    another version.
 
-    ``sha``: the space's content hash over ``s.content``. ``ids``: only ``%(ids)s``.
+    ``sha``: the space's content hash over ``s.content``. ``ids``: only ``%(ids)s``. ``has_vector`` tells the
+    writer which rows may be copied straight into the space table (none stored) and which need their
+    stored vector replaced; ``id`` is the key in its own type, for that binary COPY.
     """
     id_filter = sql.SQL("AND s.id = ANY(%(ids)s)") if ids else sql.SQL("")
     return sql.SQL(
-        "SELECT s.id::text AS id_text, s.content, {h} AS sha FROM ({eligible}) s "
+        "SELECT s.id::text AS id_text, s.content, {h} AS sha, e.source_id IS NOT NULL AS has_vector, s.id "
+        "FROM ({eligible}) s "
         "LEFT JOIN {tbl} e ON e.source_id = s.id "
         "WHERE (e.source_id IS NULL OR e.content_sha256 <> {h} OR e.model_version <> {mv}) {id_filter} {order}"
     ).format(h=sha, mv=sql.Literal(model_version), eligible=eligible, tbl=table, id_filter=id_filter,
@@ -75,30 +79,41 @@ def count_eligible_and_stored(eligible: sql.Composable, table: sql.Identifier) -
     return sql.SQL("SELECT (SELECT count(*) FROM ({e}) s), (SELECT count(*) FROM {t})").format(e=eligible, t=table)
 
 
-def create_stage(storage_type: str) -> sql.Composed:
-    """The writer's temporary staging table ``ep_stage``, emptied at each commit."""
-    return sql.SQL(
-        "CREATE TEMP TABLE IF NOT EXISTS ep_stage (source_id text, content_sha256 bytea, embedding {}) "
-        "ON COMMIT DELETE ROWS").format(sql.SQL(storage_type))
+def copy_into_space(table: sql.Identifier) -> sql.Composed:
+    """Binary COPY of (source_id, content_sha256, embedding, model_version) straight into a space table.
+
+    The table's CHECK pins model_version and its primary key refuses a second vector per row, so a
+    row the reader saw without a vector is written with no staging and no upsert.
+    """
+    return sql.SQL("COPY {} (source_id, content_sha256, embedding, model_version) FROM STDIN (FORMAT BINARY)").format(
+        table)
 
 
-def copy_stage() -> sql.SQL:
-    return sql.SQL("COPY ep_stage (source_id, content_sha256, embedding) FROM STDIN (FORMAT BINARY)")
+def copy_into_space_text(table: sql.Identifier) -> sql.Composed:
+    """``copy_into_space`` in text format, for a key type psycopg has no binary dumper for (keys sent as text)."""
+    return sql.SQL("COPY {} (source_id, content_sha256, embedding, model_version) FROM STDIN").format(table)
 
 
-def upsert_from_stage(table: sql.Identifier, id_type: str, model_version: str, eligible: sql.Composable) -> sql.Composed:
-    """Params: ``{"ids": [...]}`` (the batch's ids as text); only rows still eligible are written.
+def delete_by_ids(table: sql.Identifier, id_type: str) -> sql.Composed:
+    """Params: ``{"ids": [...]}`` as text; the stored vectors of these rows (replaced in the same transaction)."""
+    return sql.SQL("DELETE FROM {tbl} WHERE source_id = ANY(%(ids)s::{idt}[])").format(tbl=table, idt=sql.SQL(id_type))
 
-    Keyed by the batch's ids: as a plain EXISTS the planner hash-joins the whole source per batch.
+
+def prune_ineligible(table: sql.Identifier, id_type: str, eligible: sql.Composable) -> sql.Composed:
+    """Params: ``{"ids": [...]}`` as text; of these rows' vectors, those whose source row is no longer eligible.
+
+    Run after the batch's COPY in its transaction: a row deleted, soft-deleted or blanked since the read
+    leaves no orphan. Keyed by the batch's ids, so it is an index probe per id, never a source scan.
     """
     return sql.SQL(
-        "INSERT INTO {tbl} (source_id, model_version, content_sha256, embedding, embedded_at) "
-        "SELECT st.source_id::{idt}, {mv}, st.content_sha256, st.embedding, now() FROM ep_stage st "
-        "WHERE st.source_id::{idt} IN (SELECT s.id FROM ({el}) s WHERE s.id = ANY(%(ids)s::{idt}[])) "
-        "ON CONFLICT (source_id) DO UPDATE SET model_version = EXCLUDED.model_version, "
-        "content_sha256 = EXCLUDED.content_sha256, embedding = EXCLUDED.embedding, "
-        "embedded_at = EXCLUDED.embedded_at").format(
-            tbl=table, idt=sql.SQL(id_type), mv=sql.Literal(model_version), el=eligible)
+        "DELETE FROM {tbl} t WHERE t.source_id = ANY(%(ids)s::{idt}[]) AND NOT EXISTS "
+        "(SELECT 1 FROM ({el}) s WHERE s.id = t.source_id AND s.id = ANY(%(ids)s::{idt}[]))").format(
+            tbl=table, idt=sql.SQL(id_type), el=eligible)
+
+
+def id_type_oid() -> sql.SQL:
+    """Params: a type name as format_type() writes it; its OID (the binary COPY needs the key's exact type)."""
+    return sql.SQL("SELECT %s::regtype::oid")
 
 
 def try_lock_run() -> sql.SQL:
@@ -323,13 +338,37 @@ def count_eligible(eligible: sql.Composable) -> sql.Composed:
 
 
 def table_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable) -> sql.Composed:
-    """(eligible, stored, covered, stale, orphans) in one pass; ``sha``: the content hash over ``s.content``."""
+    """Per stored model_version (NULL: eligible rows with no vector): (eligible, stored, covered, stale, orphans).
+
+    One FULL JOIN, grouped by version, so the version distribution comes from the same pass as the
+    counts (a second GROUP BY would scan the space table again); the caller sums the groups.
+    ``sha``: the content hash over ``s.content``.
+    """
     return sql.SQL(
-        "SELECT count(s.id), count(e.source_id), count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
+        "SELECT e.model_version, count(s.id), count(e.source_id), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL), "
         "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
         "count(*) FILTER (WHERE s.id IS NULL) "
-        "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id"
+        "FROM ({eligible}) s FULL JOIN {tbl} e ON e.source_id = s.id GROUP BY 1"
     ).format(h=sha, eligible=eligible, tbl=table)
+
+
+def changed_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable, id_type: str,
+                   ids: sql.Composable) -> sql.Composed:
+    """Among the rows whose ids (text) ``ids`` selects, only: (rows, eligible, missing, stale, orphans).
+
+    The ids are gathered once into an array on the server and both sides are read by key (``= ANY``),
+    so the cost follows the number of ids, never the tables; no id travels to the client.
+    """
+    return sql.SQL(
+        "WITH c AS MATERIALIZED (SELECT coalesce(array_agg(DISTINCT i.id::{idt}), '{{}}') AS a FROM ({ids}) i(id)) "
+        "SELECT (SELECT cardinality(a) FROM c), count(s.id), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NULL), "
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
+        "count(*) FILTER (WHERE s.id IS NULL) "
+        "FROM (SELECT * FROM ({eligible}) s0 WHERE s0.id = ANY((SELECT a FROM c)::{idt}[])) s "
+        "FULL JOIN (SELECT source_id, content_sha256 FROM {tbl} WHERE source_id = ANY((SELECT a FROM c)::{idt}[])) e "
+        "ON e.source_id = s.id").format(h=sha, eligible=eligible, tbl=table, idt=sql.SQL(id_type), ids=ids)
 
 
 def count_versions(table: sql.Identifier) -> sql.Composed:

@@ -250,3 +250,67 @@ def test_cli_drift_json_lists_stats_and_fails_on_error(db, cfg, capsys, config_p
     run_command(parser.parse_args(["--config", str(tmp_path / "drift.yaml"), "drift", "--no-record", "--json"]))
     with db.connect() as conn:  # a read-only look adds nothing
         assert conn.execute(f"SELECT count(*) FROM {SCHEMA}.drift_history").fetchone()[0] == 2
+
+
+def _mode_run(db, cfg, mode):
+    with db.connect() as conn:
+        ensure_drift_tables(conn, cfg.project_schema)
+        drifts = collect(conn, cfg, "documents", mode=mode)
+        with conn.transaction():
+            record(conn, cfg.project_schema, drifts)
+    return {d.space: d for d in drifts}, {o.name: o for o in evaluate(cfg, drifts, mode)}
+
+
+def test_incremental_needs_capture_and_a_clean_full_check_else_runs_full(db, cfg):
+    """Without a capture trigger, or before any full check, an incremental run is a full one and says why."""
+    drifts, _ = _mode_run(db, cfg, "incremental")
+    assert drifts[SPACE].mode == "full" and "no enabled capture trigger" in drifts[SPACE].mode_note
+    from embedding_pipeline.embeddings.capture import enable_capture
+
+    with db.connect() as conn:
+        enable_capture(conn, cfg, "documents", mode="trigger")
+        conn.commit()
+    drifts, _ = _mode_run(db, cfg, "incremental")
+    assert drifts[SPACE].mode == "full" and "predates capture" in drifts[SPACE].mode_note
+
+
+def test_incremental_counts_changes_from_capture_exactly_as_full_does(db, cfg):
+    """With the trigger on and a clean full check recorded, an edit, a soft delete, a hard delete and an
+    insert are counted from the queue alone; the numbers match a full check of the same state."""
+    from embedding_pipeline.embeddings.capture import enable_capture
+
+    with db.connect() as conn:
+        enable_capture(conn, cfg, "documents", mode="trigger")
+        conn.commit()
+    _mode_run(db, cfg, "full")  # the proof
+    with db.connect() as conn:
+        conn.execute("UPDATE public.documents SET content = 'Rewritten: lunch is at noon.' WHERE id = 'doc00005'")
+        conn.execute("UPDATE public.documents SET deleted_at = now() WHERE id = 'doc00002'")
+        conn.execute("DELETE FROM public.documents WHERE id = 'doc00001'")
+        conn.execute("INSERT INTO public.documents (id, content) VALUES ('doc09999', 'A new row about kites.')")
+        conn.commit()
+    inc, inc_out = _mode_run(db, cfg, "incremental")
+    d = inc[SPACE]
+    assert d.mode == "incremental" and d.changed_rows == 4, d.mode_note
+    assert (d.counts.stale, d.counts.orphans, d.counts.missing) == (1, 2, 1)
+    assert not inc_out["no_stale_vectors"].passed and not inc_out["no_orphans"].passed
+    assert not inc_out["coverage"].passed and inc_out["single_model_version"].passed
+    with db.connect() as conn:
+        full = {x.space: x for x in collect(conn, cfg, "documents", mode="full")}[SPACE].counts
+    assert (full.stale, full.orphans, full.missing) == (1, 2, 1)
+    # The dirty incremental row is not a proof: the next incremental run still builds on the clean full one.
+    again, _ = _mode_run(db, cfg, "incremental")
+    assert again[SPACE].mode == "incremental"
+
+
+def test_version_mode_counts_versions_only_and_evaluates_only_its_checks(db, cfg):
+    """A version-only run reports the distribution, evaluates no coverage/stale/orphan check (their counts
+    were not taken) and leaves no drift_history row."""
+    with db.connect() as conn:
+        conn.execute("UPDATE public.documents SET content = 'Rewritten again.' WHERE id = 'doc00005'")
+        conn.commit()
+    drifts, outcomes = _mode_run(db, cfg, "version")
+    assert drifts[SPACE].counts.versions == {cfg.space(SPACE).model_version: 40}
+    assert set(outcomes) == {"single_model_version", "dimensions_match", "no_null_vectors", "queue_lag"}
+    with db.connect() as conn:
+        assert history(conn, cfg.project_schema, "documents") == []

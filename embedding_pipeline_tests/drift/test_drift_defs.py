@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -97,7 +97,7 @@ def test_schedule_requests_one_run_per_table(config):
     """At 03:00 every source table gets its own drift run, keyed by the night."""
     repo = definitions(config).get_repository_def()
     schedule = repo.get_schedule_def("drift_nightly_schedule")
-    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 4, 3, tzinfo=timezone.utc),
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 4, 3, tzinfo=UTC),
                                     repository_def=repo)
     requests = schedule.evaluate_tick(ctx).run_requests
     assert [(r.partition_key, r.run_key) for r in requests] == [
@@ -229,3 +229,26 @@ def test_nightly_eval_sets_a_baseline_then_flags_a_regression(seeded, cfg_path, 
     message = second.metadata["findings"].value[0]["message"]
     assert "nDCG@10" in message and "documents-labeled" in message and "below its baseline" in message
     assert [c for c, *_ in alert_rows(seeded)] == ["quality_no_regression"]
+
+
+def test_version_job_runs_only_the_version_checks_and_says_so(seeded, cfg_path, instance):
+    """drift_versions selects only the checks a version count answers: coverage, stale, orphans and quality
+    are not executed in its run (never shown as passed), and the materialization names its mode."""
+    defs = definitions(load_config(cfg_path), cfg_path)
+    result = defs.resolve_job_def("drift_versions").execute_in_process(partition_key="documents", instance=instance,
+                                                                   raise_on_error=False)
+    assert result.success
+    ev = evaluations(result)
+    assert set(ev) == {"single_model_version", "dimensions_match", "no_null_vectors", "queue_lag"}
+    assert ev["single_model_version"].passed
+    meta = result.asset_materializations_for_node("drift__drift_stats")[0].metadata
+    assert meta["drift_mode"].value == "version" and f"coverage_pct.{SPACE}" not in meta
+
+
+def test_schedules_tag_the_mode_nightly_incremental_weekly_full(config):
+    repo = definitions(config).get_repository_def()
+    for name, mode in (("drift_nightly_schedule", "incremental"), ("drift_weekly_full_schedule", "full")):
+        ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 4, 3, tzinfo=UTC),
+                                        repository_def=repo)
+        requests = repo.get_schedule_def(name).evaluate_tick(ctx).run_requests
+        assert len(requests) == 2 and all(r.tags["drift/mode"] == mode for r in requests)

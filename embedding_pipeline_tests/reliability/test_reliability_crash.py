@@ -8,7 +8,8 @@ a marker line and parks, and the test kills it with SIGKILL, then resumes in-pro
 - ``encode``: inside the provider call of batch N (the model has run, the engine has not yet
   received the vectors); earlier batches may still be queued for the writer.
 - ``copy``: the writer's ``COPY ... FROM STDIN`` of batch N is open on the server with rows sent.
-- ``commit``: batch N's staging COPY and upsert have run inside its transaction; COMMIT is not sent.
+- ``commit``: batch N's COPY into the space table and its prune of rows no longer eligible have run
+  inside its transaction; COMMIT is not sent.
 - ``index``: every batch is committed and ``CREATE INDEX ... USING hnsw`` is executing on the
   server (held there by a lock the parent holds, so the kill provably lands mid-statement).
 
@@ -90,10 +91,10 @@ ZYGOTE = textwrap.dedent("""
         provider._embed = encode
 
         write = engine._Writer._write
-        def counted_write(self, ids, shas, vectors):
+        def counted_write(self, *batch):
             state["written"] += 1
             state["rows"] = 0
-            return write(self, ids, shas, vectors)
+            return write(self, *batch)
         engine._Writer._write = counted_write
 
         write_row = psycopg.Copy.write_row
@@ -110,7 +111,7 @@ ZYGOTE = textwrap.dedent("""
             if phase == "index" and text.startswith("CREATE INDEX"):
                 print("MARK index 0", flush=True)
             result = execute(self, query, params, **kw)
-            if "FROM ep_stage" in text:
+            if text.startswith("DELETE FROM") and "t.source_id = ANY" in text:  # the batch's last statement
                 mark("commit", state["written"])
             return result
         psycopg.Cursor.execute = traced

@@ -29,6 +29,8 @@ from embedding_pipeline.drift import stats as drift
 from embedding_pipeline.drift.plot import data_uri, plot_version_history
 
 DRIFT_KEY = dg.AssetKey(["drift", "drift_stats"])
+# The run tag choosing what a drift run counts (drift.stats.MODES); without it a run is a full check.
+MODE_TAG = "drift/mode"
 QUALITY_CHECK = "quality_no_regression"
 QUALITY_DESCRIPTION = ("nDCG@10 of the active space on its labeled eval set is not more than eval.regression_margin "
                        "below the first result (ERROR, not blocking; passes when no eval set or runner exists)")
@@ -39,13 +41,16 @@ def _num(x: float) -> dg.FloatMetadataValue:
     return dg.FloatMetadataValue(round(float(x), 4))
 
 
-def _trends(drifts: list[drift.SpaceDrift]) -> dict:
-    """Numeric metadata per space: the Dagster UI plots each key over materializations."""
+def _trends(drifts: list[drift.SpaceDrift], mode: str = "full") -> dict:
+    """Numeric metadata per space: the Dagster UI plots each key over materializations. A version-only
+    run reports the version share alone (its other counts were not taken and would plot as zeros)."""
     meta = {}
     for d in drifts:
         c = d.counts
+        meta[f"version_share_pct.{d.space}"] = _num(100 * c.version_share)
+        if mode == "version":
+            continue
         meta |= {f"coverage_pct.{d.space}": _num(100 * c.coverage),
-                 f"version_share_pct.{d.space}": _num(100 * c.version_share),
                  f"stale.{d.space}": dg.IntMetadataValue(c.stale),
                  f"orphans.{d.space}": dg.IntMetadataValue(c.orphans),
                  f"null_vectors.{d.space}": dg.IntMetadataValue(c.null_vectors),
@@ -119,6 +124,15 @@ def _check_result(name: str, findings: list[drift.Finding], spaces: dict, *,
                   "spaces": dg.MetadataValue.json(spaces)})
 
 
+def _not_run(name: str, mode: str, spaces: dict) -> dg.AssetCheckResult:
+    """A check selected for a run whose mode does not count what it needs: a WARN failure saying so."""
+    why = f"not run: a {mode!r} drift run does not count what this check needs; run a full drift check"
+    return dg.AssetCheckResult(asset_key=DRIFT_KEY, check_name=name, passed=False,
+                               severity=dg.AssetCheckSeverity.WARN, description=why,
+                               metadata={"nothing_checked": why, "drift_mode": mode,
+                                         "spaces": dg.MetadataValue.json(spaces)})
+
+
 def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     built = sorted({s for src in config.sources for s in config.spaces_for(src)})
     # Partitioned checks (preview in the pinned Dagster) keep one status per table in the UI;
@@ -130,30 +144,42 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
         specs.append(dg.AssetCheckSpec(QUALITY_CHECK, asset=DRIFT_KEY, description=QUALITY_DESCRIPTION,
                                        partitions_def=partitions))
 
-    @dg.asset(
-        key=DRIFT_KEY,
-        group_name="drift",
+    # A multi_asset of one asset only because its checks can then be subset: the version-only job
+    # selects the checks it answers, and the others show as not executed in its runs.
+    @dg.multi_asset(
+        name="drift__drift_stats",  # the node name the single asset had (run history, tests)
+        specs=[dg.AssetSpec(
+            DRIFT_KEY, group_name="drift", partitions_def=partitions, deps=[reembed_key(s) for s in built],
+            kinds={"postgres", "pgvector"},
+            description="Per source table: model_version distribution, coverage, stale, orphan and NULL vectors, "
+                        "dimensions of every bound space; appended to drift_history, alerts on failed checks. "
+                        f"The run tag {MODE_TAG} says what was counted (full | incremental | version).")],
         partitions_def=partitions,
-        deps=[reembed_key(s) for s in built],
         check_specs=specs,
-        kinds={"postgres", "pgvector"},
-        description="Per source table: model_version distribution, coverage, stale, orphan and NULL vectors, "
-                    "dimensions of every bound space; appended to drift_history, alerts on failed checks.",
+        can_subset=True,
     )
-    def drift_stats(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+    def drift_stats(context: dg.AssetExecutionContext, pipeline: PipelineResource):
         config = pipeline.config()
         source = context.partition_key
         schema = config.project_schema
+        mode = context.run.tags.get(MODE_TAG, "full")
+        if mode not in drift.MODES:
+            raise dg.Failure(f"run tag {MODE_TAG}={mode!r} is not a drift mode; use one of {drift.MODES}")
+        selected = {k.name for k in context.selected_asset_check_keys}
         db = pipeline.database()
         with db.connect() as conn:
             ensure_schema(conn, schema)
             drift.ensure_drift_tables(conn, schema)
             # Commit at once: the DDL's advisory lock must not outlive it (the eval runner takes it too).
             conn.commit()
-            drifts = drift.collect(conn, config, source, queue_stats=drift.queue_stats_for(conn, config, source))
-            outcomes = drift.evaluate(config, drifts)
+            drifts = drift.collect(conn, config, source, queue_stats=drift.queue_stats_for(conn, config, source),
+                                   mode=mode)
+            outcomes = [o for o in drift.evaluate(config, drifts, mode) if o.name in selected]
             conn.commit()  # no read snapshot or lock held while the eval runs
-            regs, q_findings, q_note = _quality(context, pipeline, db, conn, config, source, drifts)
+            if QUALITY_CHECK in selected and mode != "version":
+                regs, q_findings, q_note = _quality(context, pipeline, db, conn, config, source, drifts)
+            else:
+                regs, q_findings, q_note = [], [], f"not run in a {mode!r} drift run"
             conn.commit()
             with conn.transaction():
                 drift.record(conn, schema, drifts)
@@ -163,9 +189,12 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
                               for f in q_findings]
             conn.commit()
             rows = drift.history(conn, schema, source)
-        metadata = {"spaces": dg.IntMetadataValue(len(drifts)), "alerts_recorded": dg.IntMetadataValue(len(alert_ids)),
+        ran = sorted({d.mode for d in drifts}) or [mode]
+        metadata = {"drift_mode": mode, "drift_mode_ran": ", ".join(ran),
+                    "drift_mode_notes": dg.MetadataValue.json({d.space: d.mode_note for d in drifts if d.mode_note}),
+                    "spaces": dg.IntMetadataValue(len(drifts)), "alerts_recorded": dg.IntMetadataValue(len(alert_ids)),
                     "stats": dg.MetadataValue.json([d.to_json() for d in drifts]), "quality": q_note,
-                    **_trends(drifts)}
+                    **_trends(drifts, mode)}
         if not drifts:
             metadata["note"] = f"no spaces bound to {source} yet: run `embedding-pipeline setup --source {source}`"
         if regs:
@@ -185,12 +214,16 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
         nothing = (None if drifts else f"no space of {source} is built yet (configured: {configured}); run "
                    f"`embedding-pipeline setup --source {source}` or materialize its embeddings assets")
         checks = [_check_result(o.name, o.findings, o.metadata, nothing=nothing) for o in outcomes]
-        checks.append(_check_result(QUALITY_CHECK, q_findings, {r["space"]: r for r in regs}, nothing=nothing or (
-            None if regs else f"no eval result for {source}'s active space yet: {q_note}")))
+        checks += [_not_run(name, mode, {d.space: d.mode for d in drifts})
+                   for name in drift.CHECKS if name in selected and name not in drift.MODE_CHECKS[mode]]
+        if QUALITY_CHECK in selected:
+            checks.append(_not_run(QUALITY_CHECK, mode, {}) if mode == "version" else _check_result(
+                QUALITY_CHECK, q_findings, {r["space"]: r for r in regs},
+                nothing=nothing or (None if regs else f"no eval result for {source}'s active space yet: {q_note}")))
         for o in outcomes:
             for f in o.findings:
                 context.log.warning(f"{f.severity} {f.check}: {f.message}")
-        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+        yield dg.MaterializeResult(asset_key=DRIFT_KEY, metadata=metadata, check_results=checks)
 
     return drift_stats
 
@@ -198,4 +231,16 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
 def build_drift_job():
     # Partitioning is inferred from the drift asset (Dagster deprecates passing it here).
     return dg.define_asset_job("drift_nightly", selection=dg.AssetSelection.groups("drift"),
-                               description="Drift stats and checks of one source table (every bound space).")
+                               description="Drift stats and checks of one source table (every bound space); the "
+                                           f"run tag {MODE_TAG} (full | incremental) says what is counted.")
+
+
+def build_version_job():
+    """The model-version distribution only, with only the checks it answers selected: the others are not
+    executed in its runs (the UI shows them as not run, never as passed)."""
+    checks = [dg.AssetCheckKey(DRIFT_KEY, name) for name in drift.MODE_CHECKS["version"]]
+    return dg.define_asset_job(
+        "drift_versions", selection=dg.AssetSelection.assets(DRIFT_KEY).without_checks() | dg.AssetSelection.checks(
+            *checks), tags={MODE_TAG: "version"},
+        description="Model-version distribution of one source table (one GROUP BY per space, about the cost of "
+                    "a bare count): what the single_model_version check needs, nothing more.")

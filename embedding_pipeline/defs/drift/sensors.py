@@ -16,7 +16,7 @@ import dagster as dg
 
 from embedding_pipeline import errors
 from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.defs.drift.assets import DRIFT_KEY
+from embedding_pipeline.defs.drift.assets import DRIFT_KEY, MODE_TAG
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.drift import alerts
 
@@ -32,11 +32,19 @@ def stale_partitions(instance: dg.DagsterInstance, partitions: dg.PartitionsDefi
     out = []
     for key in partitions.get_partition_keys():
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=DRIFT_KEY, asset_partitions=[key]), limit=1).records
-        last = records[0].timestamp if records else None
+            dg.AssetRecordsFilter(asset_key=DRIFT_KEY, asset_partitions=[key]), limit=50).records
+        # A version-only run checks no coverage, stale or orphans: it does not count as a night's check.
+        checked = [r for r in records if _mode(r) != "version"]
+        last = checked[0].timestamp if checked else None
         if last is None or now - last > max_age_hours * 3600:
             out.append((key, last))
     return out
+
+
+def _mode(record) -> str:
+    mat = record.asset_materialization
+    value = mat.metadata.get("drift_mode") if mat is not None else None
+    return getattr(value, "value", value) or "full"
 
 
 def build_catch_up_sensor(*, job, partitions: dg.PartitionsDefinition) -> dg.SensorDefinition:
@@ -50,7 +58,7 @@ def build_catch_up_sensor(*, job, partitions: dg.PartitionsDefinition) -> dg.Sen
         # Keyed by the last materialization seen: one request per missed night, not one per tick
         # (a run that fails leaves the key unchanged; the failure sensor alerts instead).
         return [dg.RunRequest(run_key=f"drift-catch-up:{key}:{int(last or 0)}", partition_key=key,
-                              tags={"drift/trigger": "catch-up"}) for key, last in due]
+                              tags={"drift/trigger": "catch-up", MODE_TAG: "incremental"}) for key, last in due]
 
     return drift_catch_up_sensor
 
