@@ -23,18 +23,19 @@ TEXTS, BATCH, CONCURRENCY = 200, 8, 4
 WORDS = ("protein expression receptor mouse model cells treated increased reduced significantly patients cohort "
          "trial randomized placebo mortality risk associated gene mutation pathway inhibitor tumor growth signaling "
          "clinical outcomes analysis observed levels plasma response vaccine infection dose effect study results "
-         "we found that in the of and was were with for by to").split()
+         "we found that in the of and was were with for by to")
 
 
 def scifact_like(n: int, seed: int = 20) -> list[str]:
     """Abstract-length texts: SciFact's corpus has a mean of 1,499 characters (5,183 docs), 95% under 2,437."""
     rng = random.Random(seed)
+    words_of = WORDS.split()
     texts = []
     for i in range(n):
         length = int(rng.triangular(700, 2400, 1400))
         words = []
         while sum(len(w) + 1 for w in words) < length:
-            words.append(rng.choice(WORDS))
+            words.append(rng.choice(words_of))
         texts.append(f"Study {i}: " + " ".join(words) + ".")
     return texts
 
@@ -73,7 +74,7 @@ def test_concurrency_4_on_a_serialized_server_has_no_retry_storm(configure):
 def test_aimd_halves_on_overload_and_grows_by_one_on_success(signal):
     """The arithmetic on its own: +1 per success up to the ceiling, halved (min 1) per timeout or 429/503;
     the timeout follows the measured latency per token and request in flight, never below the floor."""
-    from embedding_pipeline.providers.adaptive import K, FlowControl
+    from embedding_pipeline.providers.adaptive import FlowControl, K
 
     flow = FlowControl(ceiling=4, timeout_floor=5.0)
     assert flow.limit == 1 and flow.timeout_for(1000, 1) == 5.0
