@@ -72,10 +72,21 @@ class _SpaceBase(_Strict):
     # What the provider charges; None for local models. Not part of the identity: a price change
     # is not a model change.
     price_per_million_tokens: float | None = Field(None, ge=0)
+    # The longest input sent to the model, in tokens (None: the model's own limit, see
+    # providers.base.input_limit). A longer row is cut to it (`truncate`, counted in the run's
+    # `altered["truncated"]`) or not embedded and recorded in refused_rows (`skip`). Queries are
+    # always truncated: a search cannot skip its query.
+    max_input_tokens: int | None = Field(None, gt=0, le=1_000_000)
+    input_policy: Literal["truncate", "skip"] = "truncate"
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a vector space: two spaces with equal identity are interchangeable."""
         raise NotImplementedError
+
+    def _limit_identity(self) -> dict[str, Any]:
+        # A chosen limit changes the vectors of long rows, so it is part of the space; left unset it
+        # is the model's own limit, and existing spaces keep their fingerprint.
+        return {"max_input_tokens": self.max_input_tokens} if self.max_input_tokens is not None else {}
 
     @property
     def fingerprint(self) -> str:
@@ -108,6 +119,7 @@ class SentenceTransformersSpace(_SpaceBase):
             "query_prompt": self.query_prompt,
             "document_prompt": self.document_prompt,
             "normalize": self.normalize,
+            **self._limit_identity(),
         }
 
 
@@ -127,6 +139,9 @@ class OpenAISpace(_SpaceBase):
     # receives document text only with `allow_cloud: true`.
     allow_remote: bool = True
     allow_cloud: bool = False
+    # The shortest per-request timeout: the timeout follows the latency the server shows, never below
+    # this; `concurrency` is the most requests in flight, reached while the server keeps up
+    # (providers/adaptive.py).
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0, le=20)
     concurrency: int = Field(2, ge=1, le=64)
@@ -142,6 +157,7 @@ class OpenAISpace(_SpaceBase):
             "query_prompt": self.query_prompt,
             "document_prompt": self.document_prompt,
             "normalize": self.normalize,
+            **self._limit_identity(),
         }
 
     def sends_dimensions(self) -> bool:

@@ -92,7 +92,8 @@ def coverage_reason(conn, config: PipelineConfig, source: SourceTable, space: st
     if c.covered == c.eligible and c.stale == 0:
         return None
     refused = refused_count(conn, config.project_schema, source.name, space)
-    why = (f"; {refused:,} of them refused by the provider (ids and reasons in {config.project_schema}.refused_rows: "
+    why = (f"; {refused:,} of them refused by the provider or over the space's input limit (ids and reasons in "
+           f"{config.project_schema}.refused_rows: "
            "fix or delete those rows, or --force knowingly)") if refused else ""
     return (f"space {space!r} is incomplete for {source.qualified}: {c.covered:,} of {c.eligible:,} eligible rows "
             f"have a vector ({c.missing:,} missing, {c.stale:,} stale{why}); run "

@@ -59,6 +59,10 @@ class ReembedStats:
     index_seconds: float = 0.0
     tokens: int = 0  # tokens actually sent (the server's usage, else the model's tokenizer)
     tokens_method: str = ""
+    input_limit: str = ""  # e.g. "512 tokens (estimate: UTF-8 bytes/4), policy truncate"
+    # Requests the transport sent and batches it was asked for (retries make the difference), timeouts
+    # and 429/503 answers seen; empty for in-process models.
+    requests: Counter = field(default_factory=Counter)
 
     @property
     def rows_per_s(self) -> float:
@@ -70,7 +74,8 @@ class ReembedStats:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d.update(skipped=dict(self.skipped), altered=dict(self.altered), rows_per_s=round(self.rows_per_s, 1),
+        d.update(skipped=dict(self.skipped), altered=dict(self.altered), requests=dict(self.requests),
+                 rows_per_s=round(self.rows_per_s, 1),
                  coverage=round(self.coverage, 6))
         return d
 
@@ -296,15 +301,24 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
             with Progress(f"{source_name} -> {space_name}", stats.todo, logger, progress_interval,
                           bar=progress_bar(stats.todo) if progress_bar else None) as progress:
                 if stats.todo:
-                    refused = _stream(db, query, params, batch, provider, source, table, stats, progress)
+                    stats.input_limit = (f"{provider.input_limit} tokens ({provider.input_tokens_method}), "
+                                         f"policy {space.input_policy}")
+                    sent_before = provider.request_counts()
+                    refused = _stream(db, query, params, batch, provider, source, table, stats, progress,
+                                      skip_over_limit=space.input_policy == "skip")
+                    stats.requests = provider.request_counts() - sent_before
                     if refused:
-                        stats.skipped["provider_refused"] = len(refused)
+                        over = sum(1 for _, reason in refused if reason.startswith(OVER_LIMIT))
+                        for key, n in (("over_input_limit", over), ("provider_refused", len(refused) - over)):
+                            if n:
+                                stats.skipped[key] = n
                         with conn.transaction(), conn.cursor() as cur:
                             cur.executemany(queries.upsert_refused(schema),
                                             [(source_name, space_name, i, reason) for i, reason in refused])
-                        logger.warning(f"{source.qualified} -> {space_name}: the provider refused {len(refused)} "
-                                       f"row(s), recorded in {schema}.refused_rows (ids and reasons, never text); "
-                                       "the other rows were embedded")
+                        logger.warning(f"{source.qualified} -> {space_name}: {len(refused)} row(s) not embedded "
+                                       f"({len(refused) - over} refused by the provider, {over} over the input "
+                                       f"limit of {stats.input_limit}), recorded in {schema}.refused_rows (ids "
+                                       "and reasons, never text); the other rows were embedded")
             progress.log()
             if build_hnsw:
                 t = time.monotonic()
@@ -337,8 +351,14 @@ def _vacuum(db: Database, table: SpaceTable) -> None:
         conn.execute(queries.vacuum_analyze(table.ident))
 
 
-def _stream(db, query, params, batch, provider, source, table, stats, progress) -> list[tuple[str, str]]:
-    """Embed and write every pending row; return the rows the provider refused as (id, reason)."""
+OVER_LIMIT = "over the input limit"
+
+
+def _stream(db, query, params, batch, provider, source, table, stats, progress, *,
+            skip_over_limit: bool = False) -> list[tuple[str, str]]:
+    """Embed and write every pending row; return the rows not embedded as (id, reason): those the
+    provider refused and, with ``skip_over_limit`` (``input_policy: skip``), those over the space's
+    input limit, which are never sent."""
     writer = _Writer(db, source, table)
     refused: list[tuple[str, str]] = []
     try:
@@ -347,6 +367,14 @@ def _stream(db, query, params, batch, provider, source, table, stats, progress) 
             cur.itersize = batch
             cur.execute(query, params)
             while rows := cur.fetchmany(batch):
+                if skip_over_limit and (over := set(provider.over_limit([r[1] for r in rows]))):
+                    reason = (f"{OVER_LIMIT}: more than {provider.input_limit} tokens "
+                              f"({provider.input_tokens_method}); input_policy skip")
+                    refused.extend((rows[i][0], reason) for i in sorted(over))
+                    progress.update(len(over))
+                    rows = [r for i, r in enumerate(rows) if i not in over]
+                    if not rows:
+                        continue
                 kept, result = _embed_isolating(provider, rows, refused, progress.update)
                 if not kept:
                     continue

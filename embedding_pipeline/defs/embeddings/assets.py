@@ -70,6 +70,9 @@ def _build_reembed_asset(*, space: str, config: PipelineConfig,
             "rows_eligible": stats.eligible,
             "rows_per_s": dg.FloatMetadataValue(round(stats.rows_per_s, 1)),
             "seconds": dg.FloatMetadataValue(round(stats.seconds, 2)),
+            **({"input_limit": stats.input_limit} if stats.input_limit else {}),
+            # Requests sent beside batches asked for: retries (and so any retry storm) show as the difference.
+            **{f"requests_{k}": v for k, v in stats.requests.items()},
             "index_built": stats.index_built,
             "index_build_seconds": dg.FloatMetadataValue(round(stats.index_seconds, 2)),
             # The estimate made before the run beside what the run actually sent.
