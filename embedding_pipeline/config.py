@@ -247,6 +247,21 @@ class EvalConfig(_Strict):
     top_k: int = Field(100, ge=10)
 
 
+class CaptureConfig(_Strict):
+    """Cursor-mode capture (no trigger): how far back each poll re-reads, how often it reconciles.
+
+    Each poll re-reads rows whose ``updated_at`` is past the earlier of (the newest value seen
+    minus ``overlap_seconds``) and (the start of the oldest transaction open at the previous
+    poll) minus ``clock_skew_seconds``; every ``reconcile_every_seconds`` it also compares every
+    row's content hash with the stored vectors and queues those that differ.
+    """
+
+    overlap_seconds: float = Field(60.0, ge=0)
+    # Clients that stamp updated_at from their own clock may lag the database's by this much.
+    clock_skew_seconds: float = Field(120.0, ge=0)
+    reconcile_every_seconds: float = Field(3600.0, ge=0)
+
+
 class DriftConfig(_Strict):
     coverage_threshold: float = Field(1.0, ge=0, le=1)
     shadow_coverage_threshold: float = Field(0.0, ge=0, le=1)
@@ -287,6 +302,7 @@ class PipelineConfig(_Strict):
     backup: BackupConfig = BackupConfig()
     eval: EvalConfig = EvalConfig()
     drift: DriftConfig = DriftConfig()
+    capture: CaptureConfig = CaptureConfig()
     apps: dict[str, AppConfig] = Field(default_factory=dict)
     # {"spaces.<name>.<field>": VARIABLE} for values Honcho's environment set (see load_config).
     _from_env: dict[str, str] = PrivateAttr(default_factory=dict)

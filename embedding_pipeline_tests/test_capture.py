@@ -14,6 +14,7 @@ from psycopg import sql
 
 from embedding_pipeline.cli import capture_commands
 from embedding_pipeline.cli.common import run_command
+from embedding_pipeline.config import CaptureConfig
 from embedding_pipeline.db.queue import (
     ensure_capture_tables,
     lag_check,
@@ -30,7 +31,7 @@ from embedding_pipeline.embeddings.capture import (
 )
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import reembed
-from embedding_pipeline.errors import DatabaseError
+from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
 from embedding_pipeline_tests.support.sources import TOPICS, make_documents
@@ -224,6 +225,7 @@ def test_cursor_mode_without_trigger(db, env):
     with db.connect() as conn:
         status = enable_capture(conn, cfg, "documents", mode="cursor")
     assert status["mode"] == "cursor" and not status["trigger_installed"] and not status["function_installed"]
+    assert "hard deletes are found only by the orphan sweep" in status["warnings"][0]
     reembed(db, cfg, "documents", SPACE, provider_for(SPACE), build_hnsw=False)
     with db.connect(autocommit=True) as w:
         w.execute("UPDATE documents SET content = content || ' Edited.', updated_at = clock_timestamp() "
@@ -243,6 +245,116 @@ def test_cursor_mode_without_trigger(db, env):
     with db.connect() as conn:
         newest = conn.execute("SELECT max(updated_at) FROM documents").fetchone()[0]
         assert capture_status(conn, cfg, "documents")["high_water"] == newest
+        assert "hard deletes are found only by the orphan sweep" in lag_check(conn, cfg, "documents").message
+
+
+def test_state_table_of_an_earlier_install_is_upgraded(db, env):
+    """A capture_state created before the cursor's safe point and reconcile gains their columns, in place."""
+    cfg, _, make = env
+    make(3)
+    with db.connect(autocommit=True) as admin:
+        ensure_capture_tables(admin, cfg.project_schema)
+        admin.execute("ALTER TABLE embedding_pipeline.capture_state DROP COLUMN scan_from, DROP COLUMN reconciled_at")
+    with db.connect() as conn:
+        status = enable_capture(conn, cfg, "documents", mode="cursor")
+    assert status["scan_from"] is not None and status["reconciled_at"] is not None
+
+
+@pytest.fixture
+def cursor_env(configure, provider_cache, prepared_source, db):
+    """(cfg(**capture), provider_for, ids): 30 documents embedded into minilm-256, capture in cursor mode.
+
+    A 1 s overlap and no skew margin: what the cursor catches here it catches by its safe point
+    and its reconcile, not by a wide window.
+    """
+    def cfg_with(**capture):
+        knobs = {"overlap_seconds": 1.0, "clock_skew_seconds": 0.0, "reconcile_every_seconds": 3600.0, **capture}
+        return configure(source={"spaces": [SPACE]}, capture=CaptureConfig(**knobs))
+
+    cfg = cfg_with()
+    ids = prepared_source(["minilm", SPACE], 30, cfg=cfg).ids
+    provider_for = provider_cache.for_config(cfg)
+    with db.connect() as conn:
+        enable_capture(conn, cfg, "documents", mode="cursor")
+    reembed(db, cfg, "documents", SPACE, provider_for(SPACE), build_hnsw=False)
+    return cfg_with, provider_for, ids
+
+
+def test_cursor_catches_a_commit_older_than_its_mark(db, cursor_env):
+    """A transaction open during a poll commits after it, its updated_at older than the mark minus the
+    overlap: the poll's safe point (oldest xact_start) makes the next poll read back far enough."""
+    cfg_with, provider_for, ids = cursor_env
+    cfg = cfg_with()
+    slow = db.connect()
+    try:
+        # updated_at = now(): the transaction's start, as an application stamping in the database does.
+        slow.execute("UPDATE documents SET content = content || ' Late edit.', updated_at = now() WHERE id = %s",
+                     (ids[0],))
+        time.sleep(1.5)
+        with db.connect(autocommit=True) as w:
+            w.execute("UPDATE documents SET content = content || ' Quick edit.', updated_at = clock_timestamp() "
+                      "WHERE id = %s", (ids[1],))
+        first = consume(db, cfg, "documents", provider_for)
+        assert (first["polled"], first["claimed"], first["reconciled"]) == (1, 1, None)
+        slow.commit()
+    finally:
+        slow.close()
+    with db.connect() as conn:
+        late, mark = conn.execute("SELECT d.updated_at, s.high_water FROM documents d, embedding_pipeline.capture_state s "
+                                  "WHERE d.id = %s AND s.source = 'documents'", (ids[0],)).fetchone()
+    assert (mark - late).total_seconds() > cfg.capture.overlap_seconds  # the configured overlap alone misses it
+    assert _counts(db, cfg).stale == 1
+    second = consume(db, cfg, "documents", provider_for)
+    assert (second["polled"], second["claimed"], second["reconciled"]) == (1, 1, None)
+    _assert_converged(_counts(db, cfg), 30)
+
+
+def test_cursor_reconcile_finds_skewed_clocks_and_hard_deletes(db, cursor_env):
+    """Writes stamped 5 minutes in the past (a client clock behind) and a hard delete are past any
+    cursor: the periodic content-hash reconcile queues the first and sweeps the second."""
+    cfg_with, provider_for, ids = cursor_env
+    cfg = cfg_with()
+    with db.connect(autocommit=True) as w:
+        w.execute("UPDATE documents SET content = content || ' Skewed edit.', "
+                  "updated_at = clock_timestamp() - interval '5 minutes' WHERE id = ANY(%s)", (ids[:2],))
+        w.execute("INSERT INTO documents (id, content, updated_at) "
+                  "VALUES ('skewed-new', 'Porto trains at dawn', clock_timestamp() - interval '5 minutes')")
+        w.execute("DELETE FROM documents WHERE id = %s", (ids[2],))
+    quiet = consume(db, cfg, "documents", provider_for)
+    assert (quiet["polled"], quiet["claimed"], quiet["reconciled"]) == (0, 0, None)
+    missed = _counts(db, cfg)
+    assert (missed.eligible, missed.covered, missed.stale, missed.orphans) == (30, 29, 2, 1), missed.to_json()
+    due = cfg_with(reconcile_every_seconds=0.0)
+    caught = consume(db, due, "documents", provider_for)
+    assert caught["reconciled"] == {"queued": 3, "orphans_deleted": 1, "skipped_spaces": []}
+    assert caught["claimed"] == 3
+    _assert_converged(_counts(db, cfg), 30)
+    with db.connect() as conn:
+        assert capture_status(conn, cfg, "documents")["reconciled_at"] is not None
+    again = consume(db, due, "documents", provider_for)
+    assert again["reconciled"]["queued"] == 0 and again["claimed"] == 0
+
+
+def test_cursor_is_refused_where_it_cannot_be_complete(db, env, configure):
+    """No updated_at column (Honcho's documents), one that is not a timestamp, or NULLs in it: refused,
+    naming the trigger; nothing is left half-enabled."""
+    cfg, _, make = env
+    make(3)
+    cases = [({"updated_at_column": None}, "updated_at_column is not set"),
+             ({"updated_at_column": "content"}, "is text, not a timestamp")]
+    for change, why in cases:
+        bad = configure(source={"spaces": [SPACE], **change})
+        with db.connect() as conn, pytest.raises(ConfigError, match=why) as err:
+            enable_capture(conn, bad, "documents", mode="cursor")
+        assert "--mode trigger" in str(err.value)
+    with db.connect(autocommit=True) as w:
+        w.execute("ALTER TABLE documents ALTER COLUMN updated_at DROP NOT NULL")
+        w.execute("UPDATE documents SET updated_at = NULL WHERE id = (SELECT min(id) FROM documents)")
+    with db.connect() as conn:
+        with pytest.raises(ConfigError, match="1 row\\(s\\) have updated_at NULL"):
+            enable_capture(conn, cfg, "documents", mode="cursor")
+        conn.rollback()
+        assert capture_status(conn, cfg, "documents")["enabled"] is False
 
 
 def test_auto_mode_falls_back_to_cursor_without_privilege(db, env):

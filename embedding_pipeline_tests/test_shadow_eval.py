@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import yaml
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from embedding_pipeline.config import SourceConfig, load_config
 from embedding_pipeline.db.connection import (
@@ -274,6 +275,40 @@ def test_gate_follows_configured_tolerance_and_direction(db, base_config, provid
     assert better["gate_passed"] is True and better["metrics"]["delta"]["ndcg@10"] > 0.1
     with db.connect() as conn:
         assert _report_row(conn, base_config.project_schema, better["id"])[4] is True
+
+
+def test_cutover_gate_and_nightly_check_read_one_baseline(db, base_config, providers):
+    """The gate, the switch's re-check and the nightly regression check read the same baseline report:
+    after an operator accepts a higher one, all three judge against it (the gate no longer against
+    the active space measured in the same run)."""
+    from embedding_pipeline.cutover.switch import eval_reason
+    from embedding_pipeline.drift.stats import quality_regression
+    from embedding_pipeline.evaluation.baseline import accept_baseline
+
+    _label(db, base_config)
+    schema = base_config.project_schema
+    first = compare_spaces(db, base_config, SOURCE, "minilm-256", "e5-small", SET, providers)
+    base = first["metrics"]["baseline"]
+    assert base["report_id"] is None and base["ndcg_at_10"] == first["metrics"]["active"]["ndcg@10"]
+    with db.connect() as conn:
+        nightly = quality_regression(conn, base_config, SOURCE, "minilm-256", base["ndcg_at_10"], eval_set=SET)
+        assert (nightly["baseline"], nightly["baseline_report"]) == (base["ndcg_at_10"], first["id"])
+        assert eval_reason(conn, schema, SOURCE, "e5-small", None) is None or not first["gate_passed"]
+        # An accepted report far above what either space scores: every path must now fail against it.
+        high = conn.execute(sql.SQL(
+            "INSERT INTO {}.eval_reports (source, eval_set, kind, active_space, candidate_space, metrics) "
+            "VALUES (%s, %s, 'labeled', 'minilm-256', 'minilm-256', %s) RETURNING id").format(sql.Identifier(schema)),
+            (SOURCE, SET, Jsonb({"mode": "active_only", "active": {"ndcg@10": 1.5}}))).fetchone()[0]
+        accept_baseline(conn, schema, high)
+        conn.commit()
+        nightly = quality_regression(conn, base_config, SOURCE, "minilm-256", first["metrics"]["active"]["ndcg@10"],
+                                     eval_set=SET)
+        switch_reason = eval_reason(conn, schema, SOURCE, "e5-small", None)
+    again = compare_spaces(db, base_config, SOURCE, "minilm-256", "e5-small", SET, providers)
+    assert again["metrics"]["baseline"]["report_id"] == nightly["baseline_report"] == high
+    assert again["gate_passed"] is False and f"report #{high}" in again["gate_reason"]
+    assert nightly["regressed"] and nightly["baseline"] == 1.5
+    assert switch_reason is not None and f"#{high}" in switch_reason
 
 
 def test_unlabeled_source_gets_a_sampled_set_once_and_no_verdict(db, base_config, providers):

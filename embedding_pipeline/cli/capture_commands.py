@@ -28,8 +28,9 @@ def _line(s: dict) -> str:
         state = f"trigger since {s['enabled_at']:%Y-%m-%d %H:%M:%S%z}" + ("" if s["trigger_installed"]
                                                                        else " (TRIGGER MISSING: run capture enable)")
     else:
-        state = f"cursor, high-water mark {s['high_water']}"
-    return f"{s['source']}: {state}; {s['queue_depth']} queued, lag {s['queue_lag_seconds']:.0f}s"
+        state = f"cursor, high-water mark {s['high_water']}, last reconcile {s['reconciled_at']}"
+    warnings = "".join(f"\n  warning: {w}" for w in s.get("warnings", []))
+    return f"{s['source']}: {state}; {s['queue_depth']} queued, lag {s['queue_lag_seconds']:.0f}s{warnings}"
 
 
 def cmd_capture(ctx, args):

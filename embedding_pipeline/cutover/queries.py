@@ -38,7 +38,7 @@ def select_now() -> sql.SQL:
 def select_latest_shadow_eval(schema: str) -> sql.Composed:
     """Params: source, candidate space; rows measuring a space alone (candidate = active) are skipped."""
     return sql.SQL(
-        "SELECT id, at, eval_set, kind, active_space, gate_passed, report_path FROM {}.eval_reports "
+        "SELECT id, at, eval_set, kind, active_space, gate_passed, tolerance, metrics, report_path FROM {}.eval_reports "
         "WHERE source = %s AND candidate_space = %s AND active_space <> candidate_space "
         "ORDER BY at DESC, id DESC LIMIT 1").format(sql.Identifier(schema))
 

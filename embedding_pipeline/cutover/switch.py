@@ -27,6 +27,7 @@ from embedding_pipeline.db.connection import Database
 from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.coverage import refused_count, space_counts
 from embedding_pipeline.errors import RefusedError
+from embedding_pipeline.evaluation.baseline import gate_on_baseline, quality_baseline
 from embedding_pipeline.read_path.install import (
     install_read_path,
     search_function_name,
@@ -101,7 +102,8 @@ def coverage_reason(conn, config: PipelineConfig, source: SourceTable, space: st
 
 
 def eval_reason(conn, schema: str, source: str, space: str, current: Binding | None) -> str | None:
-    """The latest shadow evaluation of (source, space) must have passed against the current active space.
+    """The latest shadow evaluation of (source, space) must have passed against the current active space,
+    and its candidate nDCG@10 must still clear that space's quality baseline (``evaluation.baseline``).
 
     Rows measuring a space alone (candidate = active, the drift job's) are not shadow evaluations.
     """
@@ -121,6 +123,16 @@ def eval_reason(conn, schema: str, source: str, space: str, current: Binding | N
     if current is not None and row["active_space"] != current.space:
         return (f"{what} compared it with {row['active_space']!r}, but the active space is now "
                 f"{current.space!r}; {fix}")
+    if row["kind"] == "labeled":
+        # The gate is re-read against the active space's baseline now: the number the nightly
+        # regression check uses, which an accepted report may have moved since the eval ran.
+        base = quality_baseline(conn, schema, source, row["active_space"], row["eval_set"])
+        candidate = row["metrics"]["candidate"]["ndcg@10"]
+        if base is not None:
+            passed, reason = gate_on_baseline(candidate, base.ndcg_at_10, row["tolerance"] or 0.0)
+            if not passed:
+                return (f"{what} fails against the active space's quality baseline (eval report "
+                        f"#{base.report_id}): {reason}{where}; {fix}")
     return None
 
 

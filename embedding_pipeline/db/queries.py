@@ -100,6 +100,12 @@ def select_capture_mode(state: sql.Identifier, *, lock: bool = False) -> sql.Com
         state, sql.SQL("FOR UPDATE") if lock else sql.SQL(""))
 
 
+def column_exists() -> sql.SQL:
+    """Params: schema, table, column."""
+    return sql.SQL("SELECT count(*) > 0 FROM information_schema.columns "
+                   "WHERE table_schema = %s AND table_name = %s AND column_name = %s")
+
+
 def enqueue(queue: sql.Identifier) -> sql.Composed:
     """Params: ``{"src", "op", "ids"}`` (ids as text); ids already queued for the source are skipped."""
     return sql.SQL(

@@ -32,20 +32,30 @@ _DDL = [
         source text PRIMARY KEY,
         mode text NOT NULL CHECK (mode IN ('trigger', 'cursor')),
         high_water timestamptz,
-        enabled_at timestamptz NOT NULL DEFAULT now()
+        enabled_at timestamptz NOT NULL DEFAULT now(),
+        scan_from timestamptz,
+        reconciled_at timestamptz
     )""",
 ]
+# Cursor completeness (scan_from: the previous poll's safe point; reconciled_at: the last content-hash
+# reconcile) came later: a state table created before gets the columns the first time capture runs.
+_UPGRADE = ["ALTER TABLE {s}.capture_state ADD COLUMN IF NOT EXISTS scan_from timestamptz",
+            "ALTER TABLE {s}.capture_state ADD COLUMN IF NOT EXISTS reconciled_at timestamptz"]
 
 
 def ensure_capture_tables(conn, schema: str) -> None:
     """Create the queue and state tables if missing; a no-op (and no DDL privilege needed) once they exist."""
-    if _exists(conn, schema, QUEUE) and _exists(conn, schema, STATE):
+    if _exists(conn, schema, QUEUE) and _exists(conn, schema, STATE) and _upgraded(conn, schema):
         return
     ensure_schema(conn, schema)
     with conn.transaction():
         conn.execute(queries.lock_schema(), (SCHEMA_LOCK,))
-        for stmt in _DDL:
+        for stmt in _DDL + _UPGRADE:
             conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
+
+
+def _upgraded(conn, schema: str) -> bool:
+    return conn.execute(queries.column_exists(), (schema, STATE, "reconciled_at")).fetchone()[0]
 
 
 def capture_mode(conn, schema: str, source: str, lock: bool = False):
@@ -137,4 +147,8 @@ def lag_check(conn, config: PipelineConfig, source: str) -> LagCheck:
     msg = (f"{source}: change queue lag {lag:.0f}s <= {limit:.0f}s ({depth} queued)" if ok else
            f"{source}: change queue lags {lag:.0f}s (> {limit:.0f}s, {depth} queued). Fix: check the capture sensor "
            f"is running, or run `embedding-pipeline capture consume --source {source}`")
+    if _exists(conn, config.project_schema, STATE) and capture_mode(conn, config.project_schema, source)[0] == "cursor":
+        # Not a failure, but the lag says nothing about hard deletes: say so where the lag is read.
+        msg += (f". Cursor mode: hard deletes are found only by the orphan sweep and unbumped writes only by the "
+                f"reconcile (every {config.capture.reconcile_every_seconds:.0f}s); the trigger captures both")
     return LagCheck(source, ok, depth, lag, limit, msg)

@@ -1,8 +1,8 @@
 """Every SQL statement of the drift package, composed with ``psycopg.sql``.
 
-Grouped by purpose: the drift tables' DDL (``drift_history``, ``quality_baselines``), the
+Grouped by purpose: the drift table's DDL (``drift_history``), the
 per-space extras that only drift reads (catalog state of the vector column, NULL and
-wrong-dimension counts), the history and the quality baseline, and the alerts table.
+wrong-dimension counts), the history, and the alerts table.
 The shared per-space counts (coverage, versions, stale, orphans) are not here: they belong
 to ``embeddings.coverage``.
 
@@ -41,19 +41,11 @@ _DDL = [
     # Which check produced the row: 'full' (the proof an incremental check builds on) or 'incremental'.
     # Rows written before the split were all full checks.
     "ALTER TABLE {s}.drift_history ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full'",
-    """CREATE TABLE IF NOT EXISTS {s}.quality_baselines (
-        source text NOT NULL,
-        space text NOT NULL,
-        eval_set text NOT NULL,
-        ndcg_at_10 double precision NOT NULL,
-        at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (source, space, eval_set)
-    )""",
 ]
 
 
 def create_drift_tables(schema: str) -> list[sql.Composed]:
-    """The schema, drift_history (and its index) and quality_baselines, each IF NOT EXISTS."""
+    """The schema, drift_history and its index, each IF NOT EXISTS (the quality baseline lives in eval_reports)."""
     return [sql.SQL(stmt).format(s=sql.Identifier(schema)) for stmt in _DDL]
 
 
@@ -88,7 +80,7 @@ def count_wrong_dims(table: sql.Identifier, column: str, dims: int) -> sql.Compo
         table, c=sql.Identifier(column), d=sql.Literal(dims))
 
 
-# ---------------------------------------------------------------- history and quality baseline
+# ---------------------------------------------------------------- history
 
 
 def insert_history(schema: str) -> sql.Composed:
@@ -136,20 +128,6 @@ def select_history(schema: str) -> sql.Composed:
     return sql.SQL(
         "SELECT * FROM (SELECT * FROM {}.drift_history WHERE source = %s ORDER BY at DESC, id DESC LIMIT %s) h "
         "ORDER BY at, id").format(sql.Identifier(schema))
-
-
-def insert_baseline(schema: str) -> sql.Composed:
-    """Params: source, space, eval_set, ndcg_at_10; returns it when it became the baseline, else no row."""
-    return sql.SQL(
-        "INSERT INTO {}.quality_baselines (source, space, eval_set, ndcg_at_10) VALUES (%s,%s,%s,%s) "
-        "ON CONFLICT (source, space, eval_set) DO NOTHING RETURNING ndcg_at_10").format(sql.Identifier(schema))
-
-
-def select_baseline(schema: str) -> sql.Composed:
-    """Params: source, space, eval_set."""
-    return sql.SQL(
-        "SELECT ndcg_at_10 FROM {}.quality_baselines WHERE source = %s AND space = %s AND eval_set = %s").format(
-            sql.Identifier(schema))
 
 
 # ---------------------------------------------------------------- alerts

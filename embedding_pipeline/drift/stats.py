@@ -6,7 +6,8 @@ reports the ``model_version`` distribution (anything but one version is drift), 
 orphans (vectors of rows gone, filtered out or blanked), NULL vectors and the declared vs
 configured dimension. Each run appends to ``<schema>.drift_history``; ``evaluate`` turns the
 stats into checks whose findings name table, space, numbers and the fix (never content).
-The nightly quality regression baseline lives here too.
+The nightly quality regression check lives here too; its baseline is the one the cutover gate
+reads (``evaluation.baseline``).
 
 Cost per (source, space), by mode (see ``collect``; measured in docs/benchmarks.md):
 - full (the proof): one hash FULL JOIN of the source's eligible rows with the space table,
@@ -39,12 +40,17 @@ from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db import queries as db_queries
 from embedding_pipeline.db.connection import declared_dimension
 from embedding_pipeline.db.queue import QUEUE, STATE
+from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.drift import queries
 from embedding_pipeline.embeddings.coverage import (
     SpaceCounts,
     changed_counts,
     space_counts,
     version_counts,
+)
+from embedding_pipeline.evaluation.baseline import (
+    migrate_quality_baselines,
+    quality_baseline,
 )
 from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.model import Binding
@@ -68,7 +74,8 @@ DRIFT_DDL_LOCK = 724_311_007
 
 
 def ensure_drift_tables(conn: psycopg.Connection, schema: str) -> None:
-    """Create drift_history and quality_baselines if missing (idempotent, serialised).
+    """Create drift_history if missing and fold an older install's quality_baselines into eval_reports
+    (idempotent, serialised).
 
     The lock is a transaction lock: on a connection with a transaction already open, commit
     soon after, or other processes creating the tables wait for that commit.
@@ -77,6 +84,7 @@ def ensure_drift_tables(conn: psycopg.Connection, schema: str) -> None:
         conn.execute(queries.lock_ddl(), (DRIFT_DDL_LOCK,))
         for stmt in queries.create_drift_tables(schema):
             conn.execute(stmt)
+        migrate_quality_baselines(conn, schema)
 
 
 @dataclass
@@ -278,26 +286,31 @@ def history(conn: psycopg.Connection, schema: str, source: str, limit: int = 200
 
 
 def quality_regression(conn: psycopg.Connection, config: PipelineConfig, source: str, space: str,
-                       ndcg_now: float, *, eval_set: str = "default") -> dict:
-    """Compare nDCG@10 now with the first result kept for (source, space, eval set).
+                       ndcg_now: float, *, eval_set: str = "default", report_id: int | None = None) -> dict:
+    """Compare nDCG@10 now with the space's quality baseline on that eval set (``evaluation.baseline``).
 
-    The first call stores ``ndcg_now`` as the baseline. A later result regresses when it is
-    more than ``config.eval.regression_margin`` below the baseline (exactly the margin is
-    not a regression). The baseline is never moved by later runs: a slow slide over many
-    nights still adds up against the first number.
+    The baseline is the first stored labeled result of the space (or one an operator accepted),
+    the same number the cutover gate reads; ``report_id``: the eval_reports row of ``ndcg_now``
+    (``baseline_created`` says it is the baseline itself). A result regresses when it is more
+    than ``config.eval.regression_margin`` below (exactly the margin is not a regression). The
+    baseline is never moved by later runs: a slow slide over many nights still adds up against
+    the first number. Nothing stored yet: ``baseline`` None, nothing to regress from.
     """
+    ensure_schema(conn, config.project_schema)  # eval_reports, where the baseline lives (a fresh install too)
+    conn.commit()
     ensure_drift_tables(conn, config.project_schema)
     margin = config.eval.regression_margin
-    with conn.transaction():
-        inserted = conn.execute(queries.insert_baseline(config.project_schema),
-                                (source, space, eval_set, float(ndcg_now))).fetchone()
-        baseline = inserted[0] if inserted else conn.execute(queries.select_baseline(config.project_schema),
-                                                             (source, space, eval_set)).fetchone()[0]
-    drop = baseline - float(ndcg_now)
+    base = quality_baseline(conn, config.project_schema, source, space, eval_set)
+    conn.commit()
+    out = {"source": source, "space": space, "eval_set": eval_set, "ndcg_at_10": float(ndcg_now), "margin": margin,
+           "baseline": None, "baseline_report": None, "drop": 0.0, "baseline_created": False, "regressed": False}
+    if base is None:
+        return out
+    drop = base.ndcg_at_10 - float(ndcg_now)
     # A tolerance of 1e-12 keeps "exactly the margin" on the passing side despite float rounding.
-    return {"source": source, "space": space, "eval_set": eval_set, "ndcg_at_10": float(ndcg_now),
-            "baseline": baseline, "drop": drop, "margin": margin, "baseline_created": inserted is not None,
-            "regressed": drop > margin + 1e-12}
+    out.update(baseline=base.ndcg_at_10, baseline_report=base.report_id, drop=drop,
+               baseline_created=report_id is not None and base.report_id == report_id, regressed=drop > margin + 1e-12)
+    return out
 
 
 # ---------------------------------------------------------------- checks

@@ -14,10 +14,19 @@ Two modes per source, kept in ``<project_schema>.capture_state``:
   ``updated_at`` bumps) are not. Roles that write the source then need INSERT on the queue:
   ``enable_capture`` grants it to every role holding a write privilege on the source.
 - ``cursor``: without the privilege to create a trigger, a poll (run by ``consume``) queues
-  rows whose ``updated_at_column`` is past the high-water mark minus an overlap, keeping only
-  rows out of date in some target table, so late commits within the overlap are caught
-  without requeuing rows already done. Hard deletes leave no row to see: they are removed
-  by the orphan deletion of the next re-embed pass.
+  rows whose ``updated_at_column`` is past a mark, keeping only rows out of date in some
+  target table (so re-reading is cheap and nothing is queued twice). The mark is the earlier
+  of the newest ``updated_at`` seen minus ``capture.overlap_seconds`` and the previous poll's
+  safe point (the start of the oldest transaction then open, from pg_stat_activity: a row
+  that poll could not see was written by a transaction that started after it), both minus
+  ``capture.clock_skew_seconds`` for clients stamping ``updated_at`` from their own clock.
+  Every ``capture.reconcile_every_seconds`` a reconcile compares every row's content hash with
+  the stored vectors (the full pass's ``pending_rows``) and queues what differs, so a row whose
+  ``updated_at`` was not bumped or lies further back is still found, and sweeps orphans.
+  Hard deletes leave no row to see: in cursor mode they are found only by the orphan sweep
+  (each consume that re-embeds, each reconcile); the trigger queues them as they happen.
+  The cursor is refused where it cannot be complete: no ``updated_at_column`` (Honcho's
+  ``documents`` has none), a column that is not a timestamp, or rows where it is NULL.
 
 Start capture BEFORE the backfill: the backfill's snapshot plus the queue then cover every
 change. The lazy strategy (lazy.py) writes op 'L' entries into the same queue.
@@ -27,23 +36,31 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.audit import record_audit
-from embedding_pipeline.db.connection import table_exists
+from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.db.queue import (
     MODES,
     QUEUE,
     STATE,
     capture_mode,
+    enqueue,
     ensure_capture_tables,
     queue_stats,
 )
 from embedding_pipeline.embeddings import queries
-from embedding_pipeline.embeddings.reembed import RunInProgress, delete_orphans, reembed
+from embedding_pipeline.embeddings.reembed import (
+    RunInProgress,
+    delete_orphans,
+    pending_rows,
+    reembed,
+    run_lock_key,
+)
 from embedding_pipeline.errors import ConfigError, DatabaseError
 from embedding_pipeline.spaces.bindings import bindings
 from embedding_pipeline.spaces.source import SourceTable, inspect_source
@@ -126,15 +143,46 @@ def enable_capture(conn, config: PipelineConfig, source: str, *, mode: str = "au
         except psycopg.errors.LockNotAvailable:
             raise DatabaseError(f"could not lock {src.qualified} within {lock_timeout} to install the capture trigger "
                                 "(long transactions hold it); retry when they finish") from None
-    if not src.cfg.updated_at_column:
-        raise ConfigError(f"sources.{source}.updated_at_column is not set, and capture without a trigger needs it: "
-                          "name a timestamptz column the application bumps on every write, or grant TRIGGER")
+    refusal = cursor_refusal(conn, src)
+    conn.commit()
+    if refusal:
+        raise ConfigError(f"cursor capture of {src.qualified} cannot be complete: {refusal}. Use the trigger: "
+                          f"GRANT TRIGGER ON {src.qualified} to this role and run `embedding-pipeline capture enable "
+                          f"--source {source} --mode trigger` (it also queues hard deletes as they happen)")
     with conn.transaction():
         conn.execute(queries.set_lock_timeout(lock_timeout))
         _drop_trigger(conn, config, src, source)  # switching from trigger to cursor
-        conn.execute(queries.upsert_state_cursor(state), (source,))
+        floor, _ = conn.execute(queries.transaction_floor()).fetchone()
+        conn.execute(queries.upsert_state_cursor(state), (source, floor))
         record_audit(conn, schema, "capture_enable", source, details={"mode": "cursor"})
     return capture_status(conn, config, source)
+
+
+def cursor_refusal(conn, src: SourceTable) -> str | None:
+    """Why an ``updated_at`` cursor would miss rows of this source for good (None: it can be complete)."""
+    c = src.cfg
+    if not c.updated_at_column:
+        return (f"sources.{src.name}.updated_at_column is not set (a cursor needs a timestamp column the "
+                "application bumps on every write)")
+    typ = column_types(conn, c.schema_, c.table)[c.updated_at_column]
+    if not typ.startswith("timestamp"):
+        return f"column {c.updated_at_column!r} is {typ}, not a timestamp"
+    nulls = conn.execute(queries.count_null_updated_at(src.ident, c.updated_at_column)).fetchone()[0]
+    if nulls:
+        return f"{nulls} row(s) have {c.updated_at_column} NULL, which no cursor ever reaches"
+    return None
+
+
+CURSOR_WARNING = ("cursor mode: hard deletes are found only by the orphan sweep (each consume that re-embeds, "
+                  "each reconcile), and a write that does not bump {col} is found only by the reconcile every "
+                  "{every:.0f}s; the trigger captures both as they happen (GRANT TRIGGER ON {table}, then "
+                  "`embedding-pipeline capture enable --source {source} --mode trigger`)")
+
+
+def cursor_warning(config: PipelineConfig, source: str) -> str:
+    c = config.source(source)
+    return CURSOR_WARNING.format(col=c.updated_at_column, every=config.capture.reconcile_every_seconds,
+                                 table=f"{c.schema_}.{c.table}", source=source)
 
 
 def disable_capture(conn, config: PipelineConfig, source: str, *, lock_timeout: str = "5s") -> dict:
@@ -162,8 +210,11 @@ def capture_status(conn, config: PipelineConfig, source: str) -> dict:
     trig = _has_trigger(conn, sql.Identifier(cfg.schema_, cfg.table), source)
     fn = conn.execute(queries.count_functions(), (schema, function_name(source))).fetchone()[0]
     conn.commit()
-    return {"source": source, "enabled": row is not None, "mode": row[0] if row else None,
+    mode = row[0] if row else None
+    return {"source": source, "enabled": row is not None, "mode": mode,
             "high_water": row[1] if row else None, "enabled_at": row[2] if row else None,
+            "scan_from": row[3] if row else None, "reconciled_at": row[4] if row else None,
+            "warnings": [cursor_warning(config, source)] if mode == "cursor" else [],
             "trigger_installed": bool(trig), "function_installed": bool(fn), **queue_stats(conn, schema, source)}
 
 
@@ -177,13 +228,26 @@ def target_spaces(conn, config: PipelineConfig, source: str) -> list[str]:
             if b.status in ("shadow", "active") and not b.is_legacy and b.space in configured]
 
 
-def poll_cursor(conn, config: PipelineConfig, source: str, *, overlap_seconds: float = 60.0) -> int:
-    """Queue rows updated past the high-water mark (minus ``overlap_seconds``) that are out of date in a target."""
+def poll_cursor(conn, config: PipelineConfig, source: str) -> dict:
+    """Queue rows updated past the mark (see the module docstring) that are out of date in a target.
+
+    Returns ``{"queued", "reconcile_due", "hidden_sessions"}``; all zero/False outside cursor mode.
+    """
     schema = config.project_schema
+    cap = config.capture
+    result = {"queued": 0, "reconcile_due": False, "hidden_sessions": 0}
     with conn.transaction():
-        mode, high_water = capture_mode(conn, schema, source, lock=True)
-        if mode != "cursor":
-            return 0
+        state = sql.Identifier(schema, STATE)
+        row = conn.execute(queries.select_cursor_state(state), (source,)).fetchone()
+        if row is None or row[0] != "cursor":
+            return result
+        _, high_water, scan_from, since_reconcile = row
+        # Before the poll statement: under READ COMMITTED the poll's snapshot is taken after this
+        # one, so every transaction it cannot see started after the floor (or is counted as hidden).
+        floor, hidden = conn.execute(queries.transaction_floor()).fetchone()
+        marks = [m for m in (high_water and high_water - timedelta(seconds=cap.overlap_seconds),
+                             scan_from) if m]
+        since = min(marks) - timedelta(seconds=cap.clock_skew_seconds) if marks else "-infinity"
         src = inspect_source(conn, source, config.source(source))
         c = src.cfg
         out_of_date = [queries.out_of_date(config.space(s).on(source).ident,
@@ -192,9 +256,58 @@ def poll_cursor(conn, config: PipelineConfig, source: str, *, overlap_seconds: f
         queued, newest = conn.execute(
             queries.poll_cursor(src.ident, c.id_column, c.text_column, c.row_filter, c.updated_at_column,
                                 sql.Identifier(schema, QUEUE), out_of_date),
-            {"since": high_water or "-infinity", "overlap": overlap_seconds, "src": source}).fetchone()
-        conn.execute(queries.advance_high_water(sql.Identifier(schema, STATE)), (newest, source))
-    return queued
+            {"since": since, "src": source}).fetchone()
+        conn.execute(queries.advance_high_water(state), (newest, floor, source))
+    if hidden:
+        log.warning(f"capture cursor for {source}: {hidden} session(s) of other roles hide their transactions' "
+                    "start from this role, so the cursor cannot wait for them; grant pg_read_all_stats, or rely "
+                    "on the reconcile")
+    result.update(queued=queued, hidden_sessions=hidden,
+                  reconcile_due=since_reconcile is None or since_reconcile >= cap.reconcile_every_seconds)
+    return result
+
+
+def reconcile(db, config: PipelineConfig, source: str, *, logger=log) -> dict:
+    """Queue every row whose stored vector is missing or of another content in some target, and sweep orphans.
+
+    The cursor's safety net: a full read of the source and the target tables (hashing, no
+    embedding), the same rows a full re-embed pass would pick. A target another run is writing
+    is skipped this time (that run brings it up to date). Returns ``{"queued", "orphans_deleted",
+    "skipped_spaces"}``; ``queued`` counts rows the cursor had not queued.
+    """
+    schema = config.project_schema
+    found: set[str] = set()
+    swept, skipped = 0, []
+    with db.connect() as conn:
+        src = inspect_source(conn, source, config.source(source))
+        spaces = target_spaces(conn, config, source)
+        conn.commit()
+        for space in spaces:
+            table = config.space(space).on(src)
+            key = run_lock_key(source, space)
+            locked = conn.execute(queries.try_lock_run(), (key,)).fetchone()[0]
+            conn.commit()  # the advisory lock is the session's: it outlives this commit
+            if not locked:
+                skipped.append(space)
+                continue
+            try:
+                found.update(r[0] for r in conn.execute(queries.pending_ids(pending_rows(src, table))).fetchall())
+                conn.commit()
+                with conn.transaction():
+                    swept += delete_orphans(conn, src, table)
+            finally:
+                conn.rollback()
+                conn.execute(queries.unlock_run(), (key,))
+                conn.commit()
+        with conn.transaction():
+            queued = enqueue(conn, schema, source, sorted(found), "C")
+            conn.execute(queries.mark_reconciled(sql.Identifier(schema, STATE)), (source,))
+    if queued or swept:
+        logger.warning(f"capture reconcile of {source}: {queued} changed row(s) the cursor had not queued (their "
+                       f"{config.source(source).updated_at_column} was not bumped, is older than the cursor, or "
+                       f"comes from a skewed clock) and {swept} orphan vector(s) of deleted rows. "
+                       + cursor_warning(config, source))
+    return {"queued": queued, "orphans_deleted": swept, "skipped_spaces": skipped}
 
 
 # ---------------------------------------------------------------- the consumer
@@ -222,11 +335,15 @@ def consume(db, config: PipelineConfig, source: str, provider_for, *, limit: int
     entry is never lost. ``deferred`` is set when another run held a target past ``lock_wait_s``.
     """
     schema = config.project_schema
-    result = {"source": source, "polled": 0, "claimed": 0, "rows": 0, "entry_ids": [], "spaces": {}, "deferred": None}
+    result = {"source": source, "polled": 0, "reconciled": None, "claimed": 0, "rows": 0, "entry_ids": [],
+              "spaces": {}, "deferred": None}
     with db.connect() as conn:
         ensure_capture_tables(conn, schema)
         conn.commit()
-        result["polled"] = poll_cursor(conn, config, source)
+        poll = poll_cursor(conn, config, source)
+        result["polled"] = poll["queued"]
+        if poll["reconcile_due"]:
+            result["reconciled"] = reconcile(db, config, source, logger=logger)
         spaces = target_spaces(conn, config, source)
         src = inspect_source(conn, source, config.source(source))
         conn.commit()

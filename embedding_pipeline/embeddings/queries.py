@@ -259,10 +259,13 @@ def upsert_state_trigger(state: sql.Identifier) -> sql.Composed:
 
 
 def upsert_state_cursor(state: sql.Identifier) -> sql.Composed:
-    """Params: source; the mark starts now, and a row already in cursor mode keeps its mark."""
+    """Params: source, the safe point (``transaction_floor``); the mark starts now, a row already in
+    cursor mode keeps its marks."""
     return sql.SQL(
-        "INSERT INTO {} AS st (source, mode, high_water) VALUES (%s, 'cursor', clock_timestamp()) "
-        "ON CONFLICT (source) DO UPDATE SET mode = 'cursor', high_water = clock_timestamp(), enabled_at = now() "
+        "INSERT INTO {} AS st (source, mode, high_water, scan_from, reconciled_at) "
+        "VALUES (%s, 'cursor', clock_timestamp(), %s, clock_timestamp()) "
+        "ON CONFLICT (source) DO UPDATE SET mode = 'cursor', high_water = clock_timestamp(), "
+        "scan_from = EXCLUDED.scan_from, reconciled_at = clock_timestamp(), enabled_at = now() "
         "WHERE st.mode <> 'cursor'"
     ).format(state)
 
@@ -274,7 +277,29 @@ def delete_state(state: sql.Identifier) -> sql.Composed:
 
 def select_state(state: sql.Identifier) -> sql.Composed:
     """Params: source."""
-    return sql.SQL("SELECT mode, high_water, enabled_at FROM {} WHERE source = %s").format(state)
+    return sql.SQL("SELECT mode, high_water, enabled_at, scan_from, reconciled_at FROM {} WHERE source = %s").format(
+        state)
+
+
+def select_cursor_state(state: sql.Identifier) -> sql.Composed:
+    """Params: source; (mode, high_water, scan_from, seconds since the last reconcile or NULL), row locked."""
+    return sql.SQL(
+        "SELECT mode, high_water, scan_from, extract(epoch FROM clock_timestamp() - reconciled_at) "
+        "FROM {} WHERE source = %s FOR UPDATE").format(state)
+
+
+def transaction_floor() -> sql.SQL:
+    """(safe point, sessions hidden from us). Run it BEFORE the poll statement, in its own statement.
+
+    The safe point is the start of the oldest transaction open in this database (ours excluded),
+    or now: a row the poll's snapshot cannot see yet belongs to a transaction that started after
+    it, so (clocks agreeing) its ``updated_at`` is not older. Without pg_read_all_stats the
+    sessions of other roles show no ``xact_start``: they are counted, not guessed.
+    """
+    return sql.SQL(
+        "SELECT least(clock_timestamp(), min(xact_start) FILTER (WHERE pid <> pg_backend_pid())), "
+        "count(*) FILTER (WHERE state IS NULL) FROM pg_stat_activity "
+        "WHERE backend_type = 'client backend' AND datname = current_database()")
 
 
 # ---------------------------------------------------------------- change capture: cursor and consumer
@@ -292,14 +317,15 @@ def out_of_date(table: sql.Identifier, sha: sql.Composable) -> sql.Composed:
 
 def poll_cursor(table: sql.Identifier, id_column: str, text_column: str, row_filter: str | None,
                 updated_at_column: str, queue: sql.Identifier, out_of_date: list[sql.Composable]) -> sql.Composed:
-    """Params: since (the high-water mark), overlap (seconds), src (source name).
+    """Params: since (where this poll starts reading), src (source name).
 
-    Queues rows updated since the mark minus the overlap, not yet queued and out of date in some
-    target (``out_of_date`` terms, OR-ed); returns (rows queued, newest ``updated_at`` seen).
+    Queues rows updated at or past ``since`` (a transaction stamping ``now()`` writes exactly its
+    start, which may be the safe point itself), not yet queued and out of date in some target
+    (``out_of_date`` terms, OR-ed); returns (rows queued, newest ``updated_at`` seen).
     """
     return sql.SQL(
         "WITH c AS (SELECT {id} AS id, {txt} AS content, coalesce(({filt}) AND {txt} " + HAS_TEXT + ", false) AS ok, "
-        "{upd} AS upd FROM {tbl} WHERE {upd} > %(since)s::timestamptz - make_interval(secs => %(overlap)s)), "
+        "{upd} AS upd FROM {tbl} WHERE {upd} >= %(since)s::timestamptz), "
         "ins AS (INSERT INTO {q} (source, source_id, op) SELECT %(src)s, c.id::text, 'C' FROM c "
         "WHERE NOT EXISTS (SELECT 1 FROM {q} q WHERE q.source = %(src)s AND q.source_id = c.id::text) "
         "AND ({ood}) RETURNING 1) "
@@ -310,8 +336,22 @@ def poll_cursor(table: sql.Identifier, id_column: str, text_column: str, row_fil
 
 
 def advance_high_water(state: sql.Identifier) -> sql.Composed:
-    """Params: newest updated_at seen (NULL leaves the mark), source."""
-    return sql.SQL("UPDATE {} SET high_water = greatest(high_water, %s) WHERE source = %s").format(state)
+    """Params: newest updated_at seen (NULL leaves the mark), the poll's safe point, source."""
+    return sql.SQL("UPDATE {} SET high_water = greatest(high_water, %s), scan_from = %s WHERE source = %s").format(state)
+
+
+def mark_reconciled(state: sql.Identifier) -> sql.Composed:
+    """Params: source."""
+    return sql.SQL("UPDATE {} SET reconciled_at = clock_timestamp() WHERE source = %s").format(state)
+
+
+def pending_ids(pending: sql.Composable) -> sql.Composed:
+    """The ids (as text) of a ``pending_rows`` query (same params)."""
+    return sql.SQL("SELECT p.id_text FROM ({}) p").format(pending)
+
+
+def count_null_updated_at(table: sql.Identifier, updated_at_column: str) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(table, sql.Identifier(updated_at_column))
 
 
 def claim_entries(queue: sql.Identifier) -> sql.Composed:

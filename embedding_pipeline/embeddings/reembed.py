@@ -80,6 +80,11 @@ class ReembedStats:
         return d
 
 
+def run_lock_key(source: str, space: str) -> str:
+    """The advisory lock one run on (source, space) holds: two writers must never interleave."""
+    return f"reembed:{source}:{space}"
+
+
 def pending_rows(source: SourceTable, table: SpaceTable, ids: bool = False, ordered: bool = False) -> sql.Composed:
     """Eligible rows with no vector in this space, or a vector of an older content."""
     # A row of another version (written by bypassing us with the CHECK dropped) is re-embedded too.
@@ -279,7 +284,7 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
 
         validate_space(conn, config, space_name, provider, sources=[source], raise_on_failure=True)
         conn.commit()
-        lock_key = f"reembed:{source_name}:{space_name}"
+        lock_key = run_lock_key(source_name, space_name)
         if not conn.execute(queries.try_lock_run(), (lock_key,)).fetchone()[0]:
             raise RunInProgress(
                 f"another run is re-embedding {source.qualified} into space {space_name!r}; "

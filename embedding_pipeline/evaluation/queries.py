@@ -264,3 +264,61 @@ def upsert_smoke(schema: str) -> sql.Composed:
 def select_smoke(schema: str) -> sql.Composed:
     """Params: space."""
     return sql.SQL("SELECT result FROM {}.smoke_results WHERE space = %s").format(sql.Identifier(schema))
+
+
+# ---------------------------------------------------------------- the quality baseline (baseline.py)
+
+_BASELINE_ROWS = """
+SELECT id, at, (metrics->'active'->>'ndcg@10')::float8 AS ndcg, 'active' AS role,
+       coalesce((metrics->>'baseline_accepted')::boolean, false) AS accepted
+  FROM {s}.eval_reports
+ WHERE source = %(source)s AND active_space = %(space)s AND eval_set = %(eval_set)s AND kind = 'labeled'
+   AND metrics->'active' ? 'ndcg@10'
+UNION ALL
+SELECT id, at, (metrics->'candidate'->>'ndcg@10')::float8, 'candidate', false
+  FROM {s}.eval_reports
+ WHERE source = %(source)s AND candidate_space = %(space)s AND active_space <> candidate_space
+   AND eval_set = %(eval_set)s AND kind = 'labeled' AND gate_passed AND metrics->'candidate' ? 'ndcg@10'
+"""
+
+
+def select_baseline(schema: str) -> sql.Composed:
+    """Params: source, space, eval_set; (report id, at, nDCG@10, role, accepted) of the baseline.
+
+    The newest accepted report wins, else the first result: as the active space, or as a
+    candidate whose shadow eval passed its gate.
+    """
+    return sql.SQL("SELECT id, at, ndcg, role, accepted FROM (" + _BASELINE_ROWS + ") b "
+                   "ORDER BY accepted DESC, CASE WHEN accepted THEN at END DESC, at, id LIMIT 1").format(
+                       s=sql.Identifier(schema))
+
+
+def accept_baseline(schema: str) -> sql.Composed:
+    """Params: report id (labeled reports only)."""
+    return sql.SQL("UPDATE {}.eval_reports SET metrics = metrics || jsonb_build_object('baseline_accepted', true) "
+                   "WHERE id = %s AND kind = 'labeled'").format(sql.Identifier(schema))
+
+
+def quality_baselines_exist(schema: str) -> sql.Composed:
+    """(quality_baselines exists, eval_reports exists)."""
+    return sql.SQL("SELECT count(*) FILTER (WHERE tablename = 'quality_baselines') > 0, "
+                   "count(*) FILTER (WHERE tablename = 'eval_reports') > 0 FROM pg_tables WHERE schemaname = {}"
+                   ).format(sql.Literal(schema))
+
+
+def select_old_baselines(schema: str) -> sql.Composed:
+    return sql.SQL("SELECT source, space, eval_set, ndcg_at_10, at FROM {}.quality_baselines ORDER BY at").format(
+        sql.Identifier(schema))
+
+
+def select_report_for_old_baseline(schema: str) -> sql.Composed:
+    """Params: source, space, eval_set, ndcg, at; the newest labeled report at or before it with that nDCG@10."""
+    return sql.SQL(
+        "SELECT id FROM {}.eval_reports WHERE source = %(source)s AND active_space = %(space)s "
+        "AND eval_set = %(eval_set)s AND kind = 'labeled' AND at <= %(at)s "
+        "AND abs((metrics->'active'->>'ndcg@10')::float8 - %(ndcg)s) < 1e-9 ORDER BY at DESC, id DESC LIMIT 1"
+    ).format(sql.Identifier(schema))
+
+
+def drop_quality_baselines(schema: str) -> sql.Composed:
+    return sql.SQL("DROP TABLE IF EXISTS {}.quality_baselines").format(sql.Identifier(schema))

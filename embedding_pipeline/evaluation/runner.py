@@ -7,14 +7,17 @@ own exact search, coverage. Between the spaces: overlap@10 (Jaccard) and Kendall
 
 The gate, stored in ``eval_reports.gate_passed``:
 
-* labeled set: passed = candidate nDCG@10 >= active nDCG@10 - ``eval.ndcg_tolerance``;
+* labeled set: passed = candidate nDCG@10 >= the active space's quality baseline -
+  ``eval.ndcg_tolerance``. The baseline (``baseline.quality_baseline``) is the one the nightly
+  regression check reads too; the first labeled result of the active space, this run's own
+  when there is none before it;
 * unlabeled set: NULL. Agreement is not quality (a better model may disagree with the old one
   on purpose), so no verdict is recorded; overlap and, when the queries were sampled from the
   source, known-item MRR (does a query find the row it was taken from?) are reported. Whoever
   reads the gate decides what "no labeled evidence" permits.
 
 ``evaluate_active`` measures the active space alone on the source's newest labeled set; the
-nightly drift job compares that with its own baseline (``drift.quality_regression``).
+nightly drift job compares that with the same baseline (``drift.quality_regression``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from embedding_pipeline.db.schema import ensure_schema
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.errors import ConfigError
 from embedding_pipeline.evaluation import queries as statements
+from embedding_pipeline.evaluation.baseline import (
+    EPS,
+    Baseline,
+    gate_on_baseline,
+    quality_baseline,
+)
 from embedding_pipeline.evaluation.beir import (
     EvalSet,
     ensure_eval_tables,
@@ -54,7 +63,6 @@ KS = (1, 3, 5, 10, 100)
 ANN_K = 10
 AGREE_K = 10
 SAMPLE_QUERIES = 100
-EPS = 1e-12  # float noise must not fail a tolerance-0 gate between equal scores
 
 
 def _provider(providers, space: str):
@@ -128,14 +136,17 @@ def _wins(active_pq: dict, cand_pq: dict, key: str = "ndcg@10") -> dict:
             "ties": sum(abs(d) <= EPS for d in deltas.values()), "deltas": deltas}
 
 
-def gate(kind: str, active: dict, candidate: dict, tolerance: float) -> tuple[bool | None, str]:
+def gate(kind: str, active: dict, candidate: dict, tolerance: float,
+         baseline: Baseline | None = None) -> tuple[bool | None, str]:
+    """The candidate against the active space's baseline; ``baseline`` None: this run's active result is it."""
     if kind != "labeled":
         return None, (f"unlabeled eval set: no relevance judgments, so no quality verdict; "
                       f"overlap@{AGREE_K} is reported for review")
-    a, c = active["ndcg@10"], candidate["ndcg@10"]
-    passed = c >= a - tolerance - EPS
-    rel = ">=" if passed else "<"
-    return passed, f"candidate nDCG@10 {c:.4f} {rel} active {a:.4f} - tolerance {tolerance:.4f}"
+    base = baseline.ndcg_at_10 if baseline else active["ndcg@10"]
+    passed, reason = gate_on_baseline(candidate["ndcg@10"], base, tolerance)
+    where = (f"baseline from report #{baseline.report_id}" if baseline
+             else "baseline measured in this report, its first")
+    return passed, f"{reason} ({where}; active now {active['ndcg@10']:.4f})"
 
 
 def _known_item(conn, source: SourceTable, eval_set: EvalSet) -> bool:
@@ -216,8 +227,13 @@ def compare_spaces(db: Database, config: PipelineConfig, source: str, active: st
                                 for m in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")}
             metrics["per_query"] = {key: wins[key] for key in ("key", "wins", "losses", "ties")}
         tolerance = config.eval.ndcg_tolerance
-        passed, reason = gate(eval_set.kind, summaries["active"], summaries["candidate"], tolerance)
+        baseline = (quality_baseline(conn, schema, source, active, eval_set.name) if eval_set.kind == "labeled"
+                    else None)
+        passed, reason = gate(eval_set.kind, summaries["active"], summaries["candidate"], tolerance, baseline)
         metrics["gate_reason"] = reason
+        if eval_set.kind == "labeled":
+            metrics["baseline"] = (baseline.to_json() if baseline else
+                                   {"ndcg_at_10": summaries["active"]["ndcg@10"], "report_id": None})
         result = {"source": source, "eval_set": eval_set.name, "kind": eval_set.kind, "active": active,
                   "candidate": candidate, "k": k, "metrics": metrics, "gate_passed": passed, "gate_reason": reason,
                   "tolerance": tolerance,
@@ -247,8 +263,8 @@ def _per_query_table(per_query: dict, agree_pq: dict, wins: dict | None, runs: d
 def evaluate_active(db: Database, config: PipelineConfig, source: str, providers: Mapping | Callable) -> dict | None:
     """Measure the active space alone on the source's newest labeled eval set (None when there is none).
 
-    For the nightly drift job, which keeps the baseline and decides what a regression is
-    (``drift.quality_regression``); so the stored eval_reports row (``candidate_space =
+    For the nightly drift job, which compares it with the space's baseline and decides what a
+    regression is (``drift.quality_regression``); so the stored eval_reports row (``candidate_space =
     active_space``, ``metrics.mode = 'active_only'``) carries no verdict: ``gate_passed`` is NULL.
     Returns ``{"id", "source", "space", "eval_set", "ndcg@10", "metrics", "report_path", "files"}``.
     """
@@ -265,7 +281,7 @@ def evaluate_active(db: Database, config: PipelineConfig, source: str, providers
         src = inspect_source(conn, source, config.source(source))
         run = run_space(conn, config, src, space, _provider(providers, space), eval_set.queries, k=max(KS))
         summary, per_query = space_metrics(run, eval_set, known_item=False)
-        reason = "active space measured alone: the drift job compares nDCG@10 with its baseline"
+        reason = "active space measured alone: the drift job compares nDCG@10 with the space's quality baseline"
         metrics = {"mode": "active_only", "k": max(KS), "queries": len(eval_set.queries), "active": summary,
                    "gate_reason": reason}
         result = {"source": source, "eval_set": name, "kind": "labeled", "active": space, "candidate": None,

@@ -145,6 +145,9 @@ def write_path(plan: Plan) -> str:
         if p.capture:
             cap = (f"capture is on ({p.capture['mode']} mode), {p.capture['queue_depth']:,} rows queued, lag "
                    f"{p.capture['queue_lag_seconds']:.0f} s; {cmd('capture_consume', source=p.name)} re-embeds them")
+            if p.capture["mode"] == "cursor":
+                cap += (". Warning: in cursor mode hard deletes are found only by the orphan sweep and writes that "
+                        "do not bump the cursor column only by the periodic reconcile; prefer the trigger")
         else:
             cap = f"capture is off: start it before the backfill with {cmd('capture', source=p.name)}"
         out.append(f"- **{p.name}**: filter `{c.row_filter or 'none'}`; triggers on `{p.source.qualified}`: {trig}; "

@@ -11,6 +11,7 @@ import json
 
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from embedding_pipeline.cli import drift_commands
 from embedding_pipeline.cli.common import run_command
@@ -170,26 +171,68 @@ def test_history_appends_each_run_with_queue_stats(db, cfg):
     assert not lag.passed and lag.severity == WARN and "1800s" in lag.findings[0].message
 
 
+def _stored_result(conn, space: str, ndcg: float, eval_set: str = "default", at: str = "now()") -> int:
+    """An eval_reports row measuring ``space`` as the active space (what evaluate_active stores)."""
+    ensure_schema(conn, "embedding_pipeline")
+    rid = conn.execute(sql.SQL(
+        "INSERT INTO embedding_pipeline.eval_reports (at, source, eval_set, kind, active_space, candidate_space, "
+        "metrics) VALUES ({}, 'documents', %s, 'labeled', %s, %s, %s) RETURNING id").format(sql.SQL(at)),
+        (eval_set, space, space, Jsonb({"mode": "active_only", "active": {"ndcg@10": ndcg}}))).fetchone()[0]
+    conn.commit()
+    return rid
+
+
 def test_quality_first_result_becomes_the_baseline(db, config):
-    """Without a baseline the first nDCG@10 is kept, and it is not a regression."""
+    """The first stored nDCG@10 of the space is its baseline, and it is not a regression; nothing stored: no baseline."""
     with db.connect() as conn:
-        first = quality_regression(conn, config, "documents", SPACE, 0.80, eval_set="scifact")
-        row = conn.execute("SELECT ndcg_at_10 FROM embedding_pipeline.quality_baselines "
-                           "WHERE source = 'documents' AND space = %s AND eval_set = 'scifact'", (SPACE,)).fetchone()
-    assert first["baseline_created"] and not first["regressed"] and row == (0.80,)
+        none = quality_regression(conn, config, "documents", SPACE, 0.80, eval_set="scifact")
+        rid = _stored_result(conn, SPACE, 0.80, "scifact")
+        first = quality_regression(conn, config, "documents", SPACE, 0.80, eval_set="scifact", report_id=rid)
+    assert none["baseline"] is None and not none["regressed"]
+    assert first["baseline_created"] and not first["regressed"] and (first["baseline"], first["baseline_report"]) == (
+        0.80, rid)
 
 
 def test_quality_regression_needs_more_than_the_margin(db, config):
     """A drop of exactly regression_margin (0.02) passes; a drop past it regresses; the baseline never moves."""
     with db.connect() as conn:
-        quality_regression(conn, config, "documents", SPACE, 0.80)
-        within = quality_regression(conn, config, "documents", SPACE, 0.78)
-        beyond = quality_regression(conn, config, "documents", SPACE, 0.7799)
-        better = quality_regression(conn, config, "documents", SPACE, 0.90)
+        _stored_result(conn, SPACE, 0.80)
+        out = {}
+        for name, value in (("within", 0.78), ("beyond", 0.7799), ("better", 0.90)):
+            rid = _stored_result(conn, SPACE, value)
+            out[name] = quality_regression(conn, config, "documents", SPACE, value, report_id=rid)
+    within, beyond, better = out["within"], out["beyond"], out["better"]
     assert config.eval.regression_margin == 0.02
     assert not within["regressed"] and beyond["regressed"] and not better["regressed"]
     assert within["baseline"] == beyond["baseline"] == better["baseline"] == 0.80
+    assert not any(r["baseline_created"] for r in out.values())
     assert beyond["drop"] == pytest.approx(0.0201)
+
+
+def test_old_quality_baselines_table_is_folded_into_eval_reports_and_dropped(db, config):
+    """An older install: a baseline that is the first result stays it, one an operator reset (by deleting the
+    old row) becomes an accepted report, one without a report is dropped; the table is gone, reruns are no-ops."""
+    with db.connect() as conn:
+        _stored_result(conn, SPACE, 0.70, "a", at="now() - interval '3 days'")
+        reset = _stored_result(conn, SPACE, 0.60, "a", at="now() - interval '2 days'")
+        first_b = _stored_result(conn, SPACE, 0.50, "b", at="now() - interval '2 days'")
+        conn.execute("CREATE TABLE embedding_pipeline.quality_baselines (source text, space text, eval_set text, "
+                     "ndcg_at_10 double precision, at timestamptz, PRIMARY KEY (source, space, eval_set))")
+        conn.execute("INSERT INTO embedding_pipeline.quality_baselines VALUES "
+                     "('documents', %s, 'a', 0.60, now() - interval '2 days' + interval '1 second'), "
+                     "('documents', %s, 'b', 0.50, now() - interval '1 day'), "
+                     "('documents', %s, 'c', 0.99, now())", (SPACE, SPACE, SPACE))
+        conn.commit()
+        ensure_drift_tables(conn, "embedding_pipeline")
+        ensure_drift_tables(conn, "embedding_pipeline")
+        gone = conn.execute("SELECT to_regclass('embedding_pipeline.quality_baselines')").fetchone()[0]
+        a = quality_regression(conn, config, "documents", SPACE, 0.60, eval_set="a")
+        b = quality_regression(conn, config, "documents", SPACE, 0.50, eval_set="b")
+        c = quality_regression(conn, config, "documents", SPACE, 0.50, eval_set="c")
+    assert gone is None
+    assert (a["baseline"], a["baseline_report"]) == (0.60, reset)
+    assert (b["baseline"], b["baseline_report"]) == (0.50, first_b)
+    assert c["baseline"] is None
 
 
 def test_webhook_post_carries_numbers_not_content(db, cfg, webhook):

@@ -223,7 +223,8 @@ def test_nightly_eval_sets_a_baseline_then_flags_a_regression(seeded, cfg_path, 
     (reg,) = first.asset_materializations_for_node("drift__drift_stats")[0].metadata["quality_results"].value
     assert reg["baseline_created"] and reg["space"] == SPACE and reg["eval_set"] == "documents-labeled"
     with seeded.connect() as conn:  # as if the space once scored far better on this set
-        conn.execute("UPDATE embedding_pipeline.quality_baselines SET ndcg_at_10 = %s", (reg["ndcg_at_10"] + 0.1,))
+        conn.execute("UPDATE embedding_pipeline.eval_reports SET metrics = jsonb_set(metrics, '{active,ndcg@10}', "
+                     "to_jsonb(%s::float8)) WHERE id = %s", (reg["ndcg_at_10"] + 0.1, reg["baseline_report"]))
     second = evaluations(materialize(cfg_path, instance))[QUALITY_CHECK]
     assert not second.passed and second.severity == dg.AssetCheckSeverity.ERROR
     message = second.metadata["findings"].value[0]["message"]

@@ -69,7 +69,7 @@ def _eval_results(result) -> list[dict]:
         ndcg = next((v for v in (get("ndcg@10"), get("ndcg_at_10")) if v is not None), None)
         if ndcg is not None:
             out.append({"space": get("space"), "eval_set": get("eval_set") or "default", "ndcg_at_10": float(ndcg),
-                        "runner_regressed": get("regressed")})
+                        "runner_regressed": get("regressed"), "report_id": get("id")})
     return out
 
 
@@ -95,16 +95,18 @@ def _quality(context, pipeline: PipelineResource, db, conn, config: PipelineConf
     regs, findings = [], []
     for r in results:
         space = r["space"] or active
-        reg = drift.quality_regression(conn, config, source, space, r["ndcg_at_10"], eval_set=r["eval_set"])
+        reg = drift.quality_regression(conn, config, source, space, r["ndcg_at_10"], eval_set=r["eval_set"],
+                                       report_id=r["report_id"])
         regs.append({**reg, "runner_regressed": r["runner_regressed"]})
         if reg["regressed"]:
             findings.append(drift.Finding(source, space, QUALITY_CHECK, drift.ERROR, (
                 f"space {space} on {source}: nDCG@10 {reg['ndcg_at_10']:.4f} on eval set {reg['eval_set']} is "
-                f"{reg['drop']:.4f} below its baseline {reg['baseline']:.4f} (margin {reg['margin']}). Fix: run "
+                f"{reg['drop']:.4f} below its baseline {reg['baseline']:.4f} (eval report #{reg['baseline_report']}, "
+                f"margin {reg['margin']}); the cutover gate judges candidates against the same baseline. Fix: run "
                 f"`embedding-pipeline validate --source {source}` (a changed model behind the space shows in the "
-                "canaries) and inspect recent source changes; if the drop is accepted, delete the baseline row in "
-                "quality_baselines so the next run sets a new one"), {k: reg[k] for k in ("ndcg_at_10", "baseline",
-                                                                                          "drop", "margin")}))
+                "canaries) and inspect recent source changes; if the drop is accepted, accept tonight's report "
+                f"#{r['report_id']} as the new baseline (embedding_pipeline.evaluation.baseline.accept_baseline)"),
+                {k: reg[k] for k in ("ndcg_at_10", "baseline", "baseline_report", "drop", "margin")}))
     return regs, findings, f"{len(regs)} eval result(s) compared with their baseline"
 
 
