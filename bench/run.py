@@ -34,6 +34,7 @@ GOALS = {  # key: (comparison, goal)
     "incremental_vs_full": ("<=", 0.05),
     "drift_vs_groupby": ("<=", 1.5),
     "peer_ratio": (">=", 1.0),
+    "shard_efficiency_8": (">=", 0.8),
 }
 # family -> the keys it produces; --only takes either
 FAMILIES = {
@@ -42,6 +43,7 @@ FAMILIES = {
     "scaling": ["rss_1m_vs_10k"],
     "drift_vs_groupby": ["drift_vs_groupby"],
     "peer_ratio": ["peer_ratio"],
+    "shards": ["shard_efficiency_8"],
     "gpu": [],
 }
 
@@ -88,6 +90,10 @@ def run_family(fam: str, args, log) -> dict:
         from bench import peers
 
         return peers.run(log=log, **(dict(rows=50) if q else {}))
+    if fam == "shards":
+        from bench import shards
+
+        return shards.run(log=log, **(dict(workers=(1, 2), rows=512) if q else {}))
     if fam == "gpu":
         import torch
 
