@@ -36,6 +36,7 @@ GOALS = {  # key: (comparison, goal)
     "drift_full_vs_sql": ("<=", 1.5),
     "drift_incremental_vs_full": ("<=", 0.05),
     "peer_ratio": (">=", 1.0),
+    "shard_efficiency_8": (">=", 0.8),
 }
 # family -> the keys it produces; --only takes either
 FAMILIES = {
@@ -44,6 +45,7 @@ FAMILIES = {
     "scaling": ["rss_1m_vs_10k"],
     "drift": ["drift_version_vs_groupby", "drift_full_vs_sql", "drift_incremental_vs_full"],
     "peer_ratio": ["peer_ratio"],
+    "shards": ["shard_efficiency_8"],
     "gpu": [],
 }
 
@@ -90,6 +92,10 @@ def run_family(fam: str, args, log) -> dict:
         from bench import peers
 
         return peers.run(log=log, **(dict(rows=50) if q else {}))
+    if fam == "shards":
+        from bench import shards
+
+        return shards.run(log=log, **(dict(workers=(1, 2), rows=512) if q else {}))
     if fam == "gpu":
         import torch
 

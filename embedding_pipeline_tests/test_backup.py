@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from embedding_pipeline.backup.postgres import TableRef, table_checksum
 from embedding_pipeline.backup.redis import (
     _cli_args,
     _parse,
-    binaries,
     has_password,
     redact,
 )
@@ -38,6 +36,7 @@ from embedding_pipeline.config import BackupConfig
 from embedding_pipeline.db.connection import Database
 from embedding_pipeline.errors import BackupError
 from embedding_pipeline_tests.support.net import free_port
+from embedding_pipeline_tests.support.redis_server import running_redis
 
 ODD = 'Odd "Quoted" Table'
 SOURCE = "documents"
@@ -74,27 +73,8 @@ def cfg(tmp_path: Path) -> BackupConfig:
 @pytest.fixture
 def redis_url(tmp_path: Path):
     """A live redis-server on a free loopback port, with a password, stopped at the end."""
-    server, _ = binaries()
-    port = free_port()
-    workdir = tmp_path / "redis-live"
-    workdir.mkdir()
-    proc = subprocess.Popen([str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--dir", str(workdir), "--requirepass", REDIS_PASSWORD, "--daemonize", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with redis.Redis("127.0.0.1", port, password=REDIS_PASSWORD, retry=None) as c:
-                c.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    with running_redis(tmp_path / "redis-live", password=REDIS_PASSWORD) as url:
+        yield url
 
 
 def _scratch_databases(db: Database) -> list[str]:
