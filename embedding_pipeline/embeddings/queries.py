@@ -36,11 +36,12 @@ def shard_of(id_expr: sql.Composable, shards: int) -> sql.Composed:
 
     ``hashtextextended`` hashes the id's text form (a bigint's decimals, a uuid's canonical form);
     PostgreSQL keeps it stable across releases because hash partitioning stores its results. The
-    ``+ n) % n`` keeps a negative hash's remainder in range (``abs()`` would overflow on the
-    smallest bigint). A vector's ``source_id`` has the id's type, so it hashes to the same shard.
+    outer ``mod(... + n, n)`` keeps a negative hash's remainder in range (``abs()`` would overflow
+    on the smallest bigint); ``mod()`` rather than ``%`` so the SQL takes query parameters beside it.
+    A vector's ``source_id`` has the id's type, so it hashes to the same shard.
     """
     n = sql.Literal(int(shards))
-    return sql.SQL("(((hashtextextended(({id})::text, 0) % {n}) + {n}) % {n})").format(id=id_expr, n=n)
+    return sql.SQL("mod(mod(hashtextextended(({id})::text, 0), {n}) + {n}, {n})").format(id=id_expr, n=n)
 
 
 def in_shard(id_expr: sql.Composable, shard: tuple[int, int] | None) -> sql.Composable:
