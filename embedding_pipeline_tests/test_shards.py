@@ -111,3 +111,14 @@ def test_a_bad_shard_is_refused(text):
     with pytest.raises(ValueError, match="K/N"):
         parse_shard(text)
     assert parse_shard("3/4") == (3, 4)
+
+
+def test_the_cli_takes_a_shard_and_refuses_a_bad_one(capsys):
+    from embedding_pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["reembed", "--source", "documents", "--shard", "1/4"])
+    assert args.shard == (1, 4) and not args.build_index
+    assert build_parser().parse_args(["reembed", "--build-index"]).build_index
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reembed", "--shard", "4/4"])
+    assert "0 <= K < N" in capsys.readouterr().err

@@ -9,7 +9,11 @@ from embedding_pipeline.config import state_dir
 from embedding_pipeline.db import embedded as embedded_postgres
 from embedding_pipeline.db.connection import redact, table_exists
 from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.embeddings.reembed import build_source_index, parse_shard, reembed
+from embedding_pipeline.embeddings.reembed import (
+    build_source_index,
+    parse_shard,
+    reembed,
+)
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import EmbeddingPipelineError
 from embedding_pipeline.local.services import describe_stopped, stop_services
