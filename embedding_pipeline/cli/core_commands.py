@@ -9,7 +9,11 @@ from embedding_pipeline.config import state_dir
 from embedding_pipeline.db import embedded as embedded_postgres
 from embedding_pipeline.db.connection import redact, table_exists
 from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.embeddings.reembed import reembed
+from embedding_pipeline.embeddings.reembed import (
+    build_source_index,
+    parse_shard,
+    reembed,
+)
 from embedding_pipeline.embeddings.setup import prepare_source
 from embedding_pipeline.errors import EmbeddingPipelineError
 from embedding_pipeline.local.dev import stop_stale_dev
@@ -62,12 +66,25 @@ def cmd_reembed(ctx, args):
             legacy = config.source(source).legacy_space
             prepare_source(conn, config, source, ctx.provider, spaces=sorted({*spaces, *([legacy] if legacy else [])}))
         for space in spaces:
+            if args.build_index:
+                results.append(build_source_index(ctx.db, config, source, space).to_json())
+                continue
+            # A shard run leaves the index to `reembed --build-index` once every shard is done.
             stats = reembed(ctx.db, config, source, space, ctx.provider(space), batch_size=args.batch_size,
-                            progress_bar=_bar(f"{source} -> {space}"))
+                            shard=args.shard, progress_bar=_bar(f"{source} -> {space}"))
             results.append(stats.to_json())
     emit(args, results, lambda: "\n".join(
         f"{r['source']} -> {r['space']}: embedded {r['embedded']}, deleted {r['deleted']}, skipped {r['skipped']}, "
         f"coverage {100 * r['coverage']:.2f}%, {r['rows_per_s']} rows/s" for r in results))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    import argparse
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _bar(label: str):
@@ -115,6 +132,10 @@ def register(sub):
     p.add_argument("--source", action="append", help="source table (repeatable; default all)")
     p.add_argument("--space", action="append", help="space (repeatable; default the source's spaces)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--shard", type=_shard, metavar="K/N",
+                   help="only shard K of N (rows whose id hashes to K; docs/scaling.md); no index build")
+    p.add_argument("--build-index", action="store_true",
+                   help="after every shard: build the HNSW index and count coverage (embeds nothing)")
     add_json(p)
     p.set_defaults(handler=cmd_reembed)
 

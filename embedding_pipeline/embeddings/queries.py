@@ -28,6 +28,43 @@ from embedding_pipeline.spaces.queries import (  # noqa: F401 (set_lock_timeout:
 )
 
 
+# ---------------------------------------------------------------- shards
+
+
+def shard_of(id_expr: sql.Composable, shards: int) -> sql.Composed:
+    """The shard (0 .. shards-1) of a row, from its primary key alone: the same for text, bigint and uuid ids.
+
+    ``hashtextextended`` hashes the id's text form (a bigint's decimals, a uuid's canonical form);
+    PostgreSQL keeps it stable across releases because hash partitioning stores its results. The
+    outer ``mod(... + n, n)`` keeps a negative hash's remainder in range (``abs()`` would overflow
+    on the smallest bigint); ``mod()`` rather than ``%`` so the SQL takes query parameters beside it.
+    A vector's ``source_id`` has the id's type, so it hashes to the same shard.
+    """
+    n = sql.Literal(int(shards))
+    return sql.SQL("mod(mod(hashtextextended(({id})::text, 0), {n}) + {n}, {n})").format(id=id_expr, n=n)
+
+
+def in_shard(id_expr: sql.Composable, shard: tuple[int, int] | None) -> sql.Composable:
+    """A predicate: the row is in shard ``(k, n)``; plain ``true`` when unsharded (None or n = 1)."""
+    if shard is None or shard[1] == 1:
+        return sql.SQL("true")
+    k, n = shard
+    return sql.SQL("{} = {}").format(shard_of(id_expr, n), sql.Literal(int(k)))
+
+
+def shard_rows(rows: sql.Composable, shard: tuple[int, int] | None) -> sql.Composable:
+    """``rows`` (a SELECT with an ``id`` column, e.g. a source's eligible rows) restricted to one shard."""
+    if shard is None or shard[1] == 1:
+        return rows
+    return sql.SQL("SELECT * FROM ({rows}) sh WHERE {f}").format(rows=rows, f=in_shard(sql.SQL("sh.id"), shard))
+
+
+def count_shards(eligible: sql.Composable, shards: int) -> sql.Composed:
+    """(shard, eligible rows) of each shard of ``eligible``: how even the hash splits a table."""
+    return sql.SQL("SELECT {s} AS shard, count(*) FROM ({e}) r GROUP BY 1 ORDER BY 1").format(
+        s=shard_of(sql.SQL("r.id"), shards), e=eligible)
+
+
 # ---------------------------------------------------------------- the re-embed engine
 
 
@@ -60,23 +97,33 @@ def sample_pending(pending: sql.Composable) -> sql.Composed:
     return sql.SQL("SELECT p.content FROM ({}) p LIMIT %s").format(pending)
 
 
-def delete_orphans(table: sql.Identifier, eligible: sql.Composable, *, only_ids: bool = False) -> sql.Composed:
-    """Vectors whose source row is not eligible (gone, filtered, blank). ``only_ids``: params ``{"ids": [...]}``."""
+def delete_orphans(table: sql.Identifier, eligible: sql.Composable, *, only_ids: bool = False,
+                   shard: tuple[int, int] | None = None) -> sql.Composed:
+    """Vectors whose source row is not eligible (gone, filtered, blank). ``only_ids``: params ``{"ids": [...]}``.
+
+    ``shard``: only the vectors of that shard (``eligible`` may then be the whole source's).
+    """
     only = sql.SQL("e.source_id = ANY(%(ids)s) AND") if only_ids else sql.SQL("")
     return sql.SQL(
-        "DELETE FROM {tbl} e WHERE {only} NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
-    ).format(tbl=table, only=only, eligible=eligible)
+        "DELETE FROM {tbl} e WHERE {only} {in_shard} AND NOT EXISTS (SELECT 1 FROM ({eligible}) s WHERE s.id = e.source_id)"
+    ).format(tbl=table, only=only, eligible=eligible, in_shard=in_shard(sql.SQL("e.source_id"), shard))
 
 
-def count_blank(table: sql.Identifier, text_column: str, row_filter: str | None) -> sql.Composed:
-    """(NULL texts, blank texts) among the rows the filter passes."""
+def count_blank(table: sql.Identifier, id_column: str, text_column: str, row_filter: str | None,
+                shard: tuple[int, int] | None = None) -> sql.Composed:
+    """(NULL texts, blank texts) among the rows the filter passes (of one shard when given)."""
     return sql.SQL(
         "SELECT count(*) FILTER (WHERE {t} IS NULL), count(*) FILTER (WHERE {t} IS NOT NULL AND NOT ({t} " + HAS_TEXT + ")) "
-        "FROM {tbl} WHERE ({filt})").format(t=sql.Identifier(text_column), tbl=table, filt=row_filter_sql(row_filter))
+        "FROM {tbl} WHERE ({filt}) AND {in_shard}").format(
+            t=sql.Identifier(text_column), tbl=table, filt=row_filter_sql(row_filter),
+            in_shard=in_shard(sql.Identifier(id_column), shard))
 
 
-def count_eligible_and_stored(eligible: sql.Composable, table: sql.Identifier) -> sql.Composed:
-    return sql.SQL("SELECT (SELECT count(*) FROM ({e}) s), (SELECT count(*) FROM {t})").format(e=eligible, t=table)
+def count_eligible_and_stored(eligible: sql.Composable, table: sql.Identifier,
+                              shard: tuple[int, int] | None = None) -> sql.Composed:
+    """(eligible rows, vectors stored) of the table, or of one shard of it."""
+    return sql.SQL("SELECT (SELECT count(*) FROM ({e}) s), (SELECT count(*) FROM {t} e WHERE {f})").format(
+        e=shard_rows(eligible, shard), t=table, f=in_shard(sql.SQL("e.source_id"), shard))
 
 
 def copy_into_space(table: sql.Identifier) -> sql.Composed:
@@ -116,14 +163,21 @@ def id_type_oid() -> sql.SQL:
     return sql.SQL("SELECT %s::regtype::oid")
 
 
-def try_lock_run() -> sql.SQL:
-    """Params: the run's lock key; a session lock, released by ``unlock_run``."""
-    return sql.SQL("SELECT pg_try_advisory_lock(hashtext(%s))")
+def try_lock_run(shared: bool = False) -> sql.SQL:
+    """Params: the run's lock key; a session lock, released by ``unlock_run`` (same ``shared``).
+
+    A shard run holds its (source, space) key shared (so shards run side by side) and its own
+    shard's key exclusive; a whole-table run or the index build holds the (source, space) key
+    exclusive, so it never interleaves with any shard run of that table.
+    """
+    fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    return sql.SQL("SELECT {}(hashtext(%s))").format(sql.SQL(fn))
 
 
-def unlock_run() -> sql.SQL:
+def unlock_run(shared: bool = False) -> sql.SQL:
     """Params: the run's lock key."""
-    return sql.SQL("SELECT pg_advisory_unlock(hashtext(%s))")
+    fn = "pg_advisory_unlock_shared" if shared else "pg_advisory_unlock"
+    return sql.SQL("SELECT {}(hashtext(%s))").format(sql.SQL(fn))
 
 
 def insert_index_build(schema: str) -> sql.Composed:

@@ -7,6 +7,11 @@ into the space table (stale vectors deleted first, rows no longer eligible prune
 transaction per batch. A kill -9 loses at
 most the batch in flight and a rerun resumes where the last commit left off. Encoding and
 writing overlap: a writer thread commits batch N while the model encodes batch N+1.
+
+Sharded (``shard=(k, n)``, docs/scaling.md): the pass covers only the rows whose id hashes to
+shard k of n (pending rows, orphan deletion, counts), under a lock of its own, so the n shards
+of one (source, space) run side by side, on as many workers; the index is then built once by
+``build_source_index``, after every shard.
 """
 
 from __future__ import annotations
@@ -40,13 +45,65 @@ READ_BATCHES = 16
 
 
 class RunInProgress(EmbeddingPipelineError):
-    """Another run holds this (source, space): two writers must never interleave."""
+    """Another run holds this (source, space) or shard: two writers must never interleave."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (shard K of N, 0 <= K < N) as (K, N); a ValueError names what is wrong."""
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"a shard is K/N with 0 <= K < N (e.g. 0/4), not {text!r}")
+    return shard
+
+
+def run_lock_key(source: str, space: str) -> str:
+    return f"reembed:{source}:{space}"
+
+
+def shard_lock_key(source: str, space: str, shard: tuple[int, int]) -> str:
+    # N is part of the key: while `shards` is being changed, shard 0/2 and 0/3 overlap, and both may
+    # run (their writes are per-row idempotent upserts), but two runs of the same shard never do.
+    return f"reembed:{source}:{space}:{shard[0]}/{shard[1]}"
+
+
+class _RunLocks:
+    """The session advisory locks of one run: (source, space) exclusive, or shared plus the shard's own."""
+
+    def __init__(self, conn, source: SourceTable, space: str, shard: tuple[int, int] | None):
+        self.conn = conn
+        self.keys = [(run_lock_key(source.name, space), shard is not None)]
+        if shard is not None:
+            self.keys.append((shard_lock_key(source.name, space, shard), False))
+        self.held: list[tuple[str, bool]] = []
+        what = f"shard {shard[0]}/{shard[1]} of " if shard else ""
+        for key, shared in self.keys:
+            if not conn.execute(queries.try_lock_run(shared), (key,)).fetchone()[0]:
+                self.release()
+                holder = ("a whole-table run or the index build" if shared
+                          else "another run of this shard" if shard else "another run (or a shard run)")
+                raise RunInProgress(
+                    f"{holder} is re-embedding {source.qualified} into space {space!r}; this run of "
+                    f"{what}the table did nothing. Wait for it to finish (or cancel it) and run again")
+            self.held.append((key, shared))
+
+    def release(self) -> None:
+        if self.conn.closed or self.conn.broken:
+            return
+        self.conn.rollback()
+        for key, shared in reversed(self.held):
+            self.conn.execute(queries.unlock_run(shared), (key,))
+        self.held = []
 
 
 @dataclass
 class ReembedStats:
     source: str
     space: str
+    shard: str = ""  # "K/N" for a shard run
     todo: int = 0
     embedded: int = 0
     deleted: int = 0
@@ -80,33 +137,32 @@ class ReembedStats:
         return d
 
 
-def run_lock_key(source: str, space: str) -> str:
-    """The advisory lock one run on (source, space) holds: two writers must never interleave."""
-    return f"reembed:{source}:{space}"
-
-
-def pending_rows(source: SourceTable, table: SpaceTable, ids: bool = False, ordered: bool = False) -> sql.Composed:
-    """Eligible rows with no vector in this space, or a vector of an older content."""
+def pending_rows(source: SourceTable, table: SpaceTable, ids: bool = False, ordered: bool = False,
+                 shard: tuple[int, int] | None = None) -> sql.Composed:
+    """Eligible rows (of one shard when given) with no vector in this space, or a vector of an older content."""
     # A row of another version (written by bypassing us with the CHECK dropped) is re-embedded too.
-    return queries.pending_rows(source.eligible_rows(), table.ident, table.space.content_hash(sql.SQL("s.content")),
+    return queries.pending_rows(queries.shard_rows(source.eligible_rows(), shard), table.ident, table.space.content_hash(sql.SQL("s.content")),
                                 table.space.model_version, ids=ids, ordered=ordered)
 
 
-def delete_orphans(conn, source: SourceTable, table: SpaceTable, ids: list | None = None) -> int:
-    """Vectors whose source row is gone, filtered out (soft-deleted) or blank; only `ids` when given."""
-    cur = conn.execute(queries.delete_orphans(table.ident, source.eligible_rows(), only_ids=ids is not None),
+def delete_orphans(conn, source: SourceTable, table: SpaceTable, ids: list | None = None,
+                   shard: tuple[int, int] | None = None) -> int:
+    """Vectors whose source row is gone, filtered out (soft-deleted) or blank; only `ids` (or one shard) when given."""
+    cur = conn.execute(queries.delete_orphans(table.ident, source.eligible_rows(), only_ids=ids is not None,
+                                              shard=shard),
                        {"ids": ids} if ids is not None else None)
     return cur.rowcount
 
 
-def blank_counts(conn, source: SourceTable) -> Counter:
+def blank_counts(conn, source: SourceTable, shard: tuple[int, int] | None = None) -> Counter:
     c = source.cfg
-    row = conn.execute(queries.count_blank(source.ident, c.text_column, c.row_filter)).fetchone()
+    row = conn.execute(queries.count_blank(source.ident, c.id_column, c.text_column, c.row_filter, shard)).fetchone()
     return Counter({k: v for k, v in zip(("null", "blank"), row) if v})
 
 
-def coverage_counts(conn, source: SourceTable, table: SpaceTable) -> tuple[int, int]:
-    row = conn.execute(queries.count_eligible_and_stored(source.eligible_rows(), table.ident)).fetchone()
+def coverage_counts(conn, source: SourceTable, table: SpaceTable,
+                    shard: tuple[int, int] | None = None) -> tuple[int, int]:
+    row = conn.execute(queries.count_eligible_and_stored(source.eligible_rows(), table.ident, shard)).fetchone()
     return row[0], row[1]
 
 
@@ -260,11 +316,24 @@ class Progress:
 
 def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: str, provider, *,
             ids: list | None = None, batch_size: int | None = None, build_hnsw: bool = True,
-            logger=log, progress_interval: float = 10.0, progress_bar=None) -> ReembedStats:
-    """Bring one (source, space) table up to date; see the module docstring."""
+            shard: tuple[int, int] | None = None, logger=log, progress_interval: float = 10.0,
+            progress_bar=None) -> ReembedStats:
+    """Bring one (source, space) table, or shard ``(k, n)`` of it, up to date; see the module docstring.
+
+    A shard run never builds the index (``build_source_index`` does, after every shard) and never
+    vacuums (concurrent VACUUMs of one table queue behind each other); its counts are its shard's.
+    """
+    if shard is not None:
+        if ids is not None:
+            raise ValueError("a shard run is a full pass over its shard; an incremental pass (ids) is not sharded")
+        k, n = shard
+        if not 0 <= k < n:
+            raise ValueError(f"shard {k}/{n}: a shard is K/N with 0 <= K < N")
+        build_hnsw = False
     space = config.space(space_name)
     schema = config.project_schema
-    stats = ReembedStats(source_name, space_name)
+    stats = ReembedStats(source_name, space_name, shard=f"{shard[0]}/{shard[1]}" if shard else "")
+    label = f"{source_name} -> {space_name}" + (f" [shard {stats.shard}]" if shard else "")
     # Rows per read/commit: several model batches, because sentence-transformers sorts texts by
     # length only within one encode() call (64-row calls measured 0.38x of one large call).
     batch = batch_size or min(READ_BATCHES * space.batch_size, 2048)
@@ -284,26 +353,23 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
 
         validate_space(conn, config, space_name, provider, sources=[source], raise_on_failure=True)
         conn.commit()
-        lock_key = run_lock_key(source_name, space_name)
-        if not conn.execute(queries.try_lock_run(), (lock_key,)).fetchone()[0]:
-            raise RunInProgress(
-                f"another run is re-embedding {source.qualified} into space {space_name!r}; "
-                "this run did nothing. Wait for it to finish (or cancel it) and run again")
+        locks = _RunLocks(conn, source, space_name, shard)
         try:
             # An incremental pass (ids from change capture) touches only those rows: the full-table
             # sweeps belong to the scheduled full pass.
             with conn.transaction():
-                stats.deleted = delete_orphans(conn, source, table, ids)
+                stats.deleted = delete_orphans(conn, source, table, ids, shard)
             if ids is None:
-                stats.skipped = blank_counts(conn, source)
+                stats.skipped = blank_counts(conn, source, shard)
             params = {"ids": ids} if ids is not None else {}
-            query = pending_rows(source, table, ids=ids is not None)
+            query = pending_rows(source, table, ids=ids is not None, shard=shard)
             stats.todo = conn.execute(queries.count_pending(query), params).fetchone()[0]
-            query = pending_rows(source, table, ids=ids is not None, ordered=True)
+            query = pending_rows(source, table, ids=ids is not None, ordered=True, shard=shard)
             conn.commit()
-            logger.info(f"{source.qualified} -> {space_name}: {stats.todo:,} rows to embed, "
-                        f"{stats.deleted:,} stale vectors deleted, skipped {dict(stats.skipped) or 'none'}")
-            with Progress(f"{source_name} -> {space_name}", stats.todo, logger, progress_interval,
+            logger.info(f"{source.qualified} -> {space_name}{' shard ' + stats.shard if shard else ''}: "
+                        f"{stats.todo:,} rows to embed, {stats.deleted:,} stale vectors deleted, "
+                        f"skipped {dict(stats.skipped) or 'none'}")
+            with Progress(label, stats.todo, logger, progress_interval,
                           bar=progress_bar(stats.todo) if progress_bar else None) as progress:
                 if stats.todo:
                     stats.input_limit = (f"{provider.input_limit} tokens ({provider.input_tokens_method}), "
@@ -326,23 +392,55 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
                                        "and reasons, never text); the other rows were embedded")
             progress.log()
             if build_hnsw:
-                t = time.monotonic()
-                stats.index_built = build_index(conn, table)
-                stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
-            stats.eligible, stats.stored = coverage_counts(conn, source, table)
+                _build_and_record(db, conn, config, source, space_name, table, stats, logger, progress_interval)
+            stats.eligible, stats.stored = coverage_counts(conn, source, table, shard)
             conn.execute(queries.clear_refused(schema, table.ident), (source_name, space_name))
-            if stats.index_built:
-                record_index_build(conn, schema, source_name, space_name, rows=stats.stored, dims=space.dimensions,
-                                   seconds=stats.index_seconds)
             conn.commit()
-            if stats.embedded + stats.deleted > 0.1 * max(stats.stored, 1):
+            if shard is None and stats.embedded + stats.deleted > 0.1 * max(stats.stored, 1):
                 _vacuum(db, table)
         finally:
-            if not conn.closed and not conn.broken:
-                conn.rollback()
-                conn.execute(queries.unlock_run(), (lock_key,))
+            locks.release()
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def build_source_index(db: Database, config: PipelineConfig, source_name: str, space_name: str, *,
+                       logger=log, progress_interval: float = 10.0) -> ReembedStats:
+    """After every shard of a (source, space): build its HNSW index (when missing), record the build,
+    refresh the statistics, and count its coverage over the whole table.
+
+    Holds the (source, space) lock exclusive, so it never runs beside a shard run of that table.
+    """
+    space = config.space(space_name)
+    stats = ReembedStats(source_name, space_name)
+    started = time.monotonic()
+    with db.connect() as conn:
+        source = inspect_source(conn, source_name, config.source(source_name))
+        table = space.on(source)
+        locks = _RunLocks(conn, source, space_name, None)
+        try:
+            _build_and_record(db, conn, config, source, space_name, table, stats, logger, progress_interval)
+            stats.eligible, stats.stored = coverage_counts(conn, source, table)
+            conn.commit()
+            _vacuum(db, table)
+        finally:
+            locks.release()
+    stats.seconds = time.monotonic() - started
+    logger.info(f"{source.qualified} -> {space_name}: index {'built' if stats.index_built else 'already there'}, "
+                f"coverage {100 * stats.coverage:.2f}% ({stats.stored:,}/{stats.eligible:,})")
+    return stats
+
+
+def _build_and_record(db, conn, config, source, space_name, table, stats, logger, interval=10.0) -> None:
+    """Build the index when missing (progress logged) and record the build for the migration plan."""
+    t = time.monotonic()
+    stats.index_built = build_index(conn, table, progress_db=db, logger=logger, interval=interval)
+    stats.index_seconds = time.monotonic() - t if stats.index_built else 0.0
+    if stats.index_built:
+        _, stored = coverage_counts(conn, source, table)
+        record_index_build(conn, config.project_schema, source.name, space_name, rows=stored,
+                           dims=table.space.dimensions, seconds=stats.index_seconds)
+        conn.commit()
 
 
 def record_index_build(conn, schema: str, source: str, space: str, *, rows: int, dims: int, seconds: float) -> None:

@@ -126,7 +126,8 @@ def _source_state(conn, db: Database, config: PipelineConfig, space: str, name: 
 
 def index_ddl(table: SpaceTable) -> sql.Composed:
     """The statements spaces.bindings.build_index runs (its SET is LOCAL to the build's transaction)."""
-    return queries.index_build(table.space.index.maintenance_work_mem, table.index_ddl())
+    return queries.index_build(table.space.index.maintenance_work_mem, table.space.index.parallel_workers,
+                              table.index_ddl())
 
 
 def _backup_state(db: Database, config: PipelineConfig, p: SourcePlan) -> None:

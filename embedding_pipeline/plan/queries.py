@@ -19,6 +19,7 @@ from psycopg import sql
 from embedding_pipeline.spaces.queries import (  # noqa: F401 (drop_column re-exported)
     drop_column,
     set_maintenance_work_mem,
+    set_parallel_maintenance_workers,
 )
 
 # ---------------------------------------------------------------- the project's tables
@@ -78,6 +79,7 @@ def select_triggers() -> sql.SQL:
 # ---------------------------------------------------------------- printed for the operator
 
 
-def index_build(maintenance_work_mem: str, index_ddl: sql.Composable) -> sql.Composed:
-    """The statements ``spaces.bindings.build_index`` runs (its SET is LOCAL to the build's transaction)."""
-    return sql.SQL(";\n").join([set_maintenance_work_mem(maintenance_work_mem), index_ddl])
+def index_build(maintenance_work_mem: str, parallel_workers: int, index_ddl: sql.Composable) -> sql.Composed:
+    """The statements ``spaces.bindings.build_index`` runs (its SETs are LOCAL to the build's transaction)."""
+    return sql.SQL(";\n").join([set_maintenance_work_mem(maintenance_work_mem),
+                                 set_parallel_maintenance_workers(parallel_workers), index_ddl])

@@ -104,6 +104,17 @@ def set_maintenance_work_mem(value: str) -> sql.Composed:
     return sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(value))
 
 
+def set_parallel_maintenance_workers(n: int) -> sql.Composed:
+    """For the build's transaction only; the server's max_parallel_workers still caps it."""
+    return sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(sql.Literal(int(n)))
+
+
+def select_index_progress() -> sql.SQL:
+    """Params: the building backend's pid. pgvector's HNSW build reports its phase and tuples here."""
+    return sql.SQL("SELECT phase, tuples_done, tuples_total, blocks_done, blocks_total "
+                   "FROM pg_stat_progress_create_index WHERE pid = %s")
+
+
 # ---------------------------------------------------------------- source rows
 
 
