@@ -104,6 +104,9 @@ class PrecomputedProvider(EmbeddingProvider):
     def _embed(self, texts, *, query):
         return self.pool[[zlib.crc32(t.encode()) % len(self.pool) for t in texts]]
 
+    def model_input_limit(self):
+        return 512  # no model reads the text; the bench corpus is short, so nothing is truncated
+
     def endpoint(self):
         return "local", "precomputed vectors (benchmark)"
 

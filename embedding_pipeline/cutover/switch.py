@@ -127,7 +127,11 @@ def eval_reason(conn, schema: str, source: str, space: str, current: Binding | N
         # The gate is re-read against the active space's baseline now: the number the nightly
         # regression check uses, which an accepted report may have moved since the eval ran.
         base = quality_baseline(conn, schema, source, row["active_space"], row["eval_set"])
-        candidate = row["metrics"]["candidate"]["ndcg@10"]
+        candidate = ((row["metrics"] or {}).get("candidate") or {}).get("ndcg@10")
+        if candidate is None:
+            # A labeled verdict without the number it was given on cannot be re-checked: refuse
+            # rather than trust (or crash on) a row some other writer left incomplete.
+            return f"{what} records no candidate nDCG@10 to check against the baseline{where}; {fix}"
         if base is not None:
             passed, reason = gate_on_baseline(candidate, base.ndcg_at_10, row["tolerance"] or 0.0)
             if not passed:

@@ -159,8 +159,10 @@ class EmbeddingProvider(ABC):
         """The longest input sent, in tokens: the space's ``max_input_tokens``, else the model's own."""
         return self.config.max_input_tokens or self.model_input_limit()
 
+    @abstractmethod
     def model_input_limit(self) -> int:
-        raise NotImplementedError
+        """The model's own input limit in tokens (abstract: a provider that forgot it fails when built,
+        not on its first batch)."""
 
     @property
     def input_tokens_method(self) -> str:

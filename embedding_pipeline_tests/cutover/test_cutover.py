@@ -116,11 +116,14 @@ def test_refusal_lists_every_failing_gate_and_changes_nothing(env):
 
 
 def test_eval_gate_needs_a_pass_against_the_current_active_space(env):
-    """A failed gate, a verdict-less unlabeled run, or a pass against another space: all refused."""
+    """A failed gate, a verdict-less unlabeled run, a pass against another space, or a labeled pass
+    without the number it was given on: all refused."""
     env.backup(NEW)
-    for passed, active, message in [(False, LEGACY, "did not pass its gate"), (None, LEGACY, "records no verdict"),
-                                    (True, "e5-small", "active space is now 'minilm'")]:
-        env.eval_row(NEW, active=active, passed=passed)
+    for passed, active, kind, message in [
+            (False, LEGACY, "unlabeled", "did not pass its gate"), (None, LEGACY, "unlabeled", "records no verdict"),
+            (True, "e5-small", "unlabeled", "active space is now 'minilm'"),
+            (True, LEGACY, "labeled", "records no candidate nDCG@10")]:
+        env.eval_row(NEW, active=active, passed=passed, kind=kind)
         with pytest.raises(RefusedError, match=message) as e:
             cutover(env.db, env.cfg, SOURCE, NEW)
         assert len(e.value.reasons) == 1

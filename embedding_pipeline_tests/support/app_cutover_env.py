@@ -14,6 +14,7 @@ import uuid
 
 import yaml
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from embedding_pipeline.backup.postgres import TableRef
 from embedding_pipeline.backup.run import take_backup
@@ -76,8 +77,9 @@ class AppEnv:
             with self.db.connect() as conn:
                 conn.execute(sql.SQL(
                     "INSERT INTO {}.eval_reports (source, eval_set, kind, active_space, candidate_space, metrics, "
-                    "gate_passed, tolerance) VALUES (%s, 'test-setup', 'labeled', %s, %s, '{{}}'::jsonb, true, 0.01)"
-                ).format(sql.Identifier(self.schema)), (s, active, space))
+                    "gate_passed, tolerance) VALUES (%s, 'test-setup', 'labeled', %s, %s, %s, true, 0.01)"
+                ).format(sql.Identifier(self.schema)),
+                    (s, active, space, Jsonb({"active": {"ndcg@10": 0.60}, "candidate": {"ndcg@10": 0.62}})))
                 conn.commit()
 
     def q(self, query, params=None):

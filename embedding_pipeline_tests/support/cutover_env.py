@@ -11,6 +11,7 @@ import uuid
 import psycopg
 import yaml
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from embedding_pipeline.backup.postgres import TableRef
 from embedding_pipeline.backup.run import take_backup
@@ -64,13 +65,13 @@ class Env:
         tables += [TableRef(self.schema, space_table_name(SOURCE, s)) for s in spaces]
         return take_backup(self.db, source=SOURCE, tables=tables, cfg=self.cfg.backup)
 
-    def eval_row(self, candidate, active=LEGACY, passed=True):
+    def eval_row(self, candidate, active=LEGACY, passed=True, kind="unlabeled", metrics=None):
         """Test setup standing in for the eval asset: the gate reads only this row."""
         with self.db.connect() as conn:
             conn.execute(sql.SQL(
                 "INSERT INTO {}.eval_reports (source, eval_set, kind, active_space, candidate_space, metrics, "
-                "gate_passed, tolerance) VALUES (%s, 'test-setup', 'unlabeled', %s, %s, '{{}}'::jsonb, %s, 0.01)"
-            ).format(sql.Identifier(self.schema)), (SOURCE, active, candidate, passed))
+                "gate_passed, tolerance) VALUES (%s, 'test-setup', %s, %s, %s, %s, %s, 0.01)"
+            ).format(sql.Identifier(self.schema)), (SOURCE, kind, active, candidate, Jsonb(metrics or {}), passed))
             conn.commit()
 
     def gates_pass(self, space=NEW, active=LEGACY):
