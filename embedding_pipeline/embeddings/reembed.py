@@ -90,6 +90,26 @@ class _RunLocks:
                     f"{what}the table did nothing. Wait for it to finish (or cancel it) and run again")
             self.held.append((key, shared))
 
+    def take_writer_slot(self, schema: str, limit: int, logger, interval: float = 10.0, poll: float = 1.0) -> None:
+        """Wait for one of ``concurrency.db_writers`` slots (session advisory locks, released with the
+        run's): a cap on full and shard passes writing at once that holds for any executor and the CLI."""
+        keys = [f"db_writer:{schema}:{i}" for i in range(limit)]
+        started = last = time.monotonic()
+        while True:
+            for key in keys:
+                if self.conn.execute(queries.try_lock_run(False), (key,)).fetchone()[0]:
+                    self.held.append((key, False))
+                    if time.monotonic() - started >= 1:
+                        logger.info(f"database writer slot taken after {time.monotonic() - started:.0f} s")
+                    return
+            self.conn.rollback()  # no snapshot held while waiting
+            now = time.monotonic()
+            if now - last >= interval or last == started:
+                logger.info(f"waiting for a database writer slot: all {limit} (concurrency.db_writers) are held "
+                            f"by other re-embed runs; {now - started:.0f} s so far")
+                last = now
+            time.sleep(poll)
+
     def release(self) -> None:
         if self.conn.closed or self.conn.broken:
             return
@@ -355,6 +375,8 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
         conn.commit()
         locks = _RunLocks(conn, source, space_name, shard)
         try:
+            if ids is None:  # a full or shard pass: the bulk writers the cap is for, not capture's small ones
+                locks.take_writer_slot(schema, config.concurrency.db_writers, logger, progress_interval)
             # An incremental pass (ids from change capture) touches only those rows: the full-table
             # sweeps belong to the scheduled full pass.
             with conn.transaction():

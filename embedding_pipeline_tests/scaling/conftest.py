@@ -1,5 +1,5 @@
-"""Fixtures of the distributed-run tests: a deterministic slow embeddings server, a two-source config
-pointed at it, the vector database the cluster writes plus a reference database, and the cluster
+"""Fixtures of the distributed-run tests: a deterministic slow embeddings server, a config of one source
+in two shards pointed at it, the vector database the cluster writes plus a reference database, and the cluster
 (Redis broker, Dagster instance with the run queue, daemon, Celery workers), all stopped at the end."""
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from embedding_pipeline_tests.support.embedding_server import EmbeddingServer
 from embedding_pipeline_tests.support.redis_server import running_redis
 
 SPACE = "det"
-SOURCES = ("docs_a", "docs_b")
+SOURCE = "docs_a"
+SHARDS = 2
 
 
 @pytest.fixture
@@ -36,13 +37,14 @@ def embedding_server():
         yield server
 
 
-def scaling_config_text(base_url: str, sources=SOURCES, batch_size: int = 4) -> str:
-    """Sources shaped like `documents` (text ids, soft delete) and one 64-d space on the loopback server.
+def scaling_config_text(base_url: str, sources=(SOURCE,), batch_size: int = 4, shards: int = SHARDS) -> str:
+    """Sources shaped like `documents` (text ids, soft delete), split into ``shards``, and one 64-d space
+    on the loopback server.
 
     Small requests (``batch_size`` texts) make a commit (16 requests' worth of rows) come early in a step."""
     src = {name: {"schema": "public", "table": name, "id_column": "id", "text_column": "content",
                   "row_filter": "deleted_at IS NULL", "updated_at_column": "updated_at",
-                  "active_space": SPACE, "spaces": [SPACE]} for name in sources}
+                  "active_space": SPACE, "spaces": [SPACE], "shards": shards} for name in sources}
     space = {"transport": "openai", "model": "det-64", "base_url": base_url, "dimensions": 64,
              "dimensions_mode": "never", "api_key_env": "DET_API_KEY", "batch_size": batch_size,
              "concurrency": 1, "timeout_s": 60, "description": "deterministic loopback server (tests, bench)"}

@@ -22,7 +22,11 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.defs.embeddings.assets import reembed_key
+from embedding_pipeline.defs.embeddings.assets import (
+    partitions_of,
+    reembed_key,
+    source_dep,
+)
 from embedding_pipeline.defs.resources import PipelineResource
 from embedding_pipeline.drift import alerts
 from embedding_pipeline.drift import stats as drift
@@ -151,7 +155,7 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
     @dg.multi_asset(
         name="drift__drift_stats",  # the node name the single asset had (run history, tests)
         specs=[dg.AssetSpec(
-            DRIFT_KEY, group_name="drift", partitions_def=partitions, deps=[reembed_key(s) for s in built],
+            DRIFT_KEY, group_name="drift", partitions_def=partitions, deps=[source_dep(s, config) for s in built],
             kinds={"postgres", "pgvector"},
             description="Per source table: model_version distribution, coverage, stale, orphan and NULL vectors, "
                         "dimensions of every bound space; appended to drift_history, alerts on failed checks. "
@@ -212,7 +216,8 @@ def build_drift_asset(*, config: PipelineConfig, partitions: dg.PartitionsDefini
             legacy = config.source(source).legacy_space
             metadata["unbuilt_spaces"] = dg.MetadataValue.json({s: f"configured for {source} but not built: " + (
                 f"run `embedding-pipeline setup --source {source}`" if s == legacy else
-                f"materialize {reembed_key(s).to_user_string()} for partition {source}") for s in unbuilt})
+                f"materialize {reembed_key(s).to_user_string()} for partition(s) {', '.join(partitions_of(config, source))}")
+                for s in unbuilt})
         nothing = (None if drifts else f"no space of {source} is built yet (configured: {configured}); run "
                    f"`embedding-pipeline setup --source {source}` or materialize its embeddings assets")
         checks = [_check_result(o.name, o.findings, o.metadata, nothing=nothing) for o in outcomes]

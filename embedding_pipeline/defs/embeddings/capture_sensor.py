@@ -15,7 +15,7 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.queue import pending_signal
-from embedding_pipeline.defs.embeddings.assets import reembed_key
+from embedding_pipeline.defs.embeddings.assets import index_key, reembed_key
 from embedding_pipeline.defs.resources import PipelineResource, source_partitions
 from embedding_pipeline.embeddings.capture import consume
 from embedding_pipeline.errors import EmbeddingPipelineError
@@ -54,8 +54,11 @@ def _build_job(partitions: dg.PartitionsDefinition) -> dg.JobDefinition:
                 break
         for space, s in per_space.items():
             # An observation, not a materialization: it must not trigger what depends on a full rebuild.
+            # A sharded source has no partition named after it on the re-embed asset: its index asset
+            # (partitioned by source) carries the observation instead.
+            key = reembed_key(space) if cfg.source(source).shards == 1 else index_key(space)
             context.log_event(dg.AssetObservation(
-                asset_key=reembed_key(space), partition=source,
+                asset_key=key, partition=source,
                 metadata={"incremental_rows_embedded": s["embedded"], "incremental_rows_deleted": s["deleted"]}))
         context.add_output_metadata({**totals, "deferred": deferred or ""})
         return {**totals, "spaces": per_space, "deferred": deferred}

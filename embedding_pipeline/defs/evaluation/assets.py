@@ -15,7 +15,7 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.db.schema import ensure_schema
-from embedding_pipeline.defs.embeddings.assets import reembed_key
+from embedding_pipeline.defs.embeddings.assets import source_dep
 from embedding_pipeline.defs.resources import (
     PipelineResource,
     asset_name,
@@ -134,7 +134,7 @@ def build(config: PipelineConfig) -> dg.Definitions:
     # space is read from the bindings at run time and is not drawn as lineage.
     active = {config.source(src).active_space for src in config.sources} & set(spaces)
     assets = [_build_shadow_eval_asset(space=s, config=config, partitions=partitions,
-                                       deps=[reembed_key(d) for d in sorted({s} | active)])
+                                       deps=[source_dep(d, config) for d in sorted({s} | active)])
               for s in spaces]
     job = dg.define_asset_job("shadow_eval", selection=dg.AssetSelection.groups("evaluation"),
                               partitions_def=partitions,
