@@ -6,9 +6,9 @@ the orchestration and database overhead of more workers, not the machine's compu
 own interpreter running ``reembed()`` over its own shard; workers import and connect first, then start
 together at a common instant, so interpreter start-up (paid once by a long-lived worker) is not counted.
 
-Shards here are disjoint id ranges of one source, each copied to its own source table (``<source>_sN``):
-``reembed()`` locks per (source, space), and shard partitions (issue 16 item 1) were not merged into this
-branch when it was measured. Same rows, same server, same write path; only the lock key differs.
+Shards are the engine's own: one source table, ``sources.<name>.shards: N``, worker k running
+``reembed(shard=(k, N))`` (its rows by id hash, its own lock, no index build), ``concurrency.db_writers``
+set to N so no worker waits for a database writer slot. N = 1 is a whole-table run.
 
 efficiency(N) = rows/s(N) ÷ (N × rows/s(1)); ``shard_efficiency_8`` is efficiency at N = 8 (goal ≥ 0.8).
 """
@@ -31,17 +31,16 @@ DELAY = 0.2  # seconds per request
 
 
 def _config(base_url: str, shards: int) -> dict:
-    src = {f"{SOURCE}_s{k}": {"schema": "public", "table": f"{SOURCE}_s{k}", "id_column": "id",
-                              "text_column": "content", "active_space": SPACE, "spaces": [SPACE]}
-           for k in range(shards)}
-    return {"project_schema": "embedding_pipeline", "sources": src, "spaces": {SPACE: {
-        "transport": "openai", "model": "det-64", "base_url": base_url, "dimensions": 64,
-        "dimensions_mode": "never", "api_key_env": "DET_API_KEY", "batch_size": BATCH, "concurrency": 1,
-        "timeout_s": 60}}}
+    src = {SOURCE: {"schema": "public", "table": SOURCE, "id_column": "id", "text_column": "content",
+                    "active_space": SPACE, "spaces": [SPACE], "shards": shards}}
+    return {"project_schema": "embedding_pipeline", "sources": src, "concurrency": {"db_writers": shards},
+            "spaces": {SPACE: {"transport": "openai", "model": "det-64", "base_url": base_url, "dimensions": 64,
+                               "dimensions_mode": "never", "api_key_env": "DET_API_KEY", "batch_size": BATCH,
+                               "concurrency": 1, "timeout_s": 60}}}
 
 
-def child_shard(url: str, config: str, source: str, start_at: float) -> dict:
-    """In a worker: import, connect and register first; at ``start_at`` re-embed its shard."""
+def child_shard(url: str, config: str, k: int, n: int, start_at: float) -> dict:
+    """In a worker: import, connect and register first; at ``start_at`` re-embed shard k of n."""
     from embedding_pipeline.config import load_config
     from embedding_pipeline.db.connection import Database
     from embedding_pipeline.embeddings.reembed import reembed
@@ -52,12 +51,13 @@ def child_shard(url: str, config: str, source: str, start_at: float) -> dict:
     provider = build_provider(SPACE, cfg.space(SPACE))
     time.sleep(max(0.0, start_at - time.time()))
     t = time.time()
-    stats = reembed(db, cfg, source, SPACE, provider, build_hnsw=False)
+    shard = (k, n) if n > 1 else None
+    stats = reembed(db, cfg, SOURCE, SPACE, provider, build_hnsw=False, shard=shard)
     return {"rows": stats.embedded, "started": t, "ended": time.time()}
 
 
-def _prepare(db, cfg_path: Path, shards: int, rows: int) -> list[str]:
-    """The one source split by id range into ``shards`` tables, each registered with the space."""
+def _prepare(db, cfg_path: Path, rows: int) -> None:
+    """A fresh project schema and source table, registered with the space, nothing embedded."""
     from embedding_pipeline.config import load_config
     from embedding_pipeline.db.schema import ensure_schema
     from embedding_pipeline.embeddings.setup import prepare_source
@@ -65,7 +65,6 @@ def _prepare(db, cfg_path: Path, shards: int, rows: int) -> list[str]:
 
     cfg = load_config(cfg_path)
     provider = build_provider(SPACE, cfg.space(SPACE))
-    names = sorted(cfg.sources)
     with db.connect() as conn:
         ensure_schema(conn, cfg.project_schema)
         conn.execute("DROP SCHEMA IF EXISTS embedding_pipeline CASCADE")
@@ -73,36 +72,29 @@ def _prepare(db, cfg_path: Path, shards: int, rows: int) -> list[str]:
         ensure_schema(conn, cfg.project_schema)
         conn.commit()
         make_source(conn, rows, legacy_column=False)
-        per = rows // shards
-        for k, name in enumerate(names):
-            conn.execute(f'DROP TABLE IF EXISTS public."{name}"')
-            conn.execute(f'CREATE TABLE public."{name}" (LIKE public."{SOURCE}" INCLUDING ALL)')
-            conn.execute(f'INSERT INTO public."{name}" SELECT * FROM public."{SOURCE}" ORDER BY id '
-                         f"OFFSET {k * per} LIMIT {per}")
-            conn.commit()
-            prepare_source(conn, cfg, name, lambda _: provider, spaces=[SPACE])
+        conn.commit()
+        prepare_source(conn, cfg, SOURCE, lambda _: provider, spaces=[SPACE])
     provider.close()
-    return names
 
 
 def run(*, workers=(1, 2, 4, 8), rows: int = 8 * 64 * 24, log=print) -> dict:
     from embedding_pipeline_tests.support.embedding_server import EmbeddingServer
 
     d: dict = {"batch": BATCH, "delay_s": DELAY, "rows": rows, "load_before": load(),
-               "shards_as": "disjoint id ranges in separate source tables (shard partitions not merged yet)"}
+               "shards_as": "reembed(shard=(k, n)) over one source table"}
     points = []
     with postgres("shards") as db, EmbeddingServer(dimensions=64, delay=DELAY) as server:
         work = Path(db.home)
         for n in workers:
             cfg_path = work / f"shards_{n}.yaml"
             cfg_path.write_text(yaml.safe_dump(_config(server.url, n)))
-            names = _prepare(db, cfg_path, n, rows)
+            _prepare(db, cfg_path, rows)
             start_at = time.time() + 8 + 2 * n  # time for every interpreter to import and connect
             procs = [subprocess.Popen([sys.executable, "-m", "bench.child", "bench.shards:child_shard",
-                                       json.dumps({"url": db.url, "config": str(cfg_path), "source": name,
+                                       json.dumps({"url": db.url, "config": str(cfg_path), "k": k, "n": n,
                                                    "start_at": start_at})],
                                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for name in names]
+                     for k in range(n)]
             results = []
             for p in procs:
                 out, err = p.communicate(timeout=900)
