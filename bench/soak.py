@@ -35,9 +35,11 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -92,6 +94,7 @@ def _flaky_provider(cfg: PipelineConfig, flag: Path, rate: float, seed: int, on_
     from embedding_pipeline.providers.sentence_transformers import (
         SentenceTransformersProvider,
     )
+    from embedding_pipeline.spaces.canaries import CANARY_TEXTS
 
     rng = random.Random(seed)
 
@@ -101,7 +104,7 @@ def _flaky_provider(cfg: PipelineConfig, flag: Path, rate: float, seed: int, on_
                 on_inject(len(texts))
                 raise ProviderError(f"space {self.name!r}: {INJECTED}")
             out = super()._embed_with_usage(texts, query=query, on_progress=on_progress)
-            on_embedded(len(texts))
+            on_embedded(len(texts), list(texts) == list(CANARY_TEXTS))
             return out
 
     return FlakyProvider(SPACE, cfg.space(SPACE).cfg)
@@ -142,7 +145,7 @@ def worker(workdir: Path, pass_every: float, threads: int, seed: int, batch: int
 
     cfg = soak_config()
     provider = _flaky_provider(cfg, workdir / "provider_fault", 0.5, seed + os.getpid(),
-                               lambda n: event("injected", rows=n), lambda n: event("embedded", rows=n))
+                               lambda n: event("injected", rows=n), lambda n, canary: event("embedded", rows=n, canary=canary))
     db = Database.resolve()  # EMBEDDING_PIPELINE_DATABASE_URL: the parent's server, never one started here
     state("loading")
     provider.model  # noqa: B018 - loaded before the first pass, so "pass" in the state file means embedding
@@ -323,7 +326,7 @@ class Soak:
         self.a = a
         self.rng = random.Random(a.seed)
         self.workdir = Path(a.workdir).resolve()
-        self.home = Path(__import__("tempfile").mkdtemp(prefix="ep-soak-"))
+        self.home = Path(tempfile.mkdtemp(prefix="ep-soak-"))
         self.proc: subprocess.Popen | None = None
         self.writer: Writer | None = None
         self.timeline: list[dict] = []
@@ -389,7 +392,8 @@ class Soak:
                 "consume_rows": sum(e.get("embedded", 0) for e in ev if e["kind"] == "consume"),
                 "deleted_vectors": sum(e.get("deleted", 0) for e in ev if e["kind"] in ("pass", "consume")),
                 "deferred": sum(bool(e.get("deferred")) for e in ev if e["kind"] == "consume"),
-                "model_rows": sum(e.get("rows", 0) for e in ev if e["kind"] == "embedded"),
+                "model_rows": sum(e["rows"] for e in ev if e["kind"] == "embedded" and not e.get("canary")),
+                "canary_checks": sum(e["kind"] == "embedded" and bool(e.get("canary")) for e in ev),
                 "injected_calls": sum(e["kind"] == "injected" for e in ev),
                 "injected_rows": sum(e.get("rows", 0) for e in ev if e["kind"] == "injected"),
                 "errors": dict(errors)}
@@ -702,7 +706,7 @@ class Soak:
             say(f"fast stop failed ({e}); stopping immediately")
             _stop_immediate(self.home)
         if not self.a.keep:
-            __import__("shutil").rmtree(self.home, ignore_errors=True)
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ the doc table
@@ -731,9 +735,9 @@ def doc_table(r: dict) -> str:
         f"`{r['space']}` ({r['model_version']}) |"),
         (f"| writer ({s['rate']:g} ops/s, one transaction each) | {w['total']:,} operations: {ops} "
         f"(bulk: {BULK} rows); {w['failed_db_down']} failed while the database was down |"),
-        (f"| worker | {k['starts']} processes; {k['model_rows']:,} rows through the model (canaries and work lost "
-         f"to kills included); {k['passes']} full passes completed ({k['pass_rows']:,} rows written), "
-         f"{k['consumes']} consumes ({k['consumed_entries']:,} queue entries, {k['consume_rows']:,} rows written), "
+        (f"| worker | {k['starts']} processes; {k['model_rows']:,} rows through the model (work lost to kills "
+         f"included; plus {k['canary_checks']:,} canary checks of 8 texts, one per pass or consume); {k['passes']} full passes completed ({k['pass_rows']:,} rows written), "
+         f"{k['consumes']:,} consumes ({k['consumed_entries']:,} queue entries, {k['consume_rows']:,} rows written), "
          f"{k['deleted_vectors']:,} vectors deleted (killed passes not counted) |"),
         (f"| provider errors | {windows} windows, {k['injected_calls']} model calls failed "
         f"({k['injected_rows']:,} rows) |"),
