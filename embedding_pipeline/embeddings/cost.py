@@ -26,7 +26,7 @@ SAMPLE_ROWS = 2000
 class CostEstimate:
     source: str
     space: str
-    rows: int  # rows to embed (missing or stale)
+    rows: int  # rows to embed (missing or stale), of the shard when one is given
     sampled: int
     tokens: int
     method: str  # 'tokenizer', 'usage-calibrated chars/token', 'chars/token estimate'
@@ -34,6 +34,7 @@ class CostEstimate:
     price: float | None  # in the price's currency; None for local models
     seconds: float | None  # None: no smoke throughput measured yet
     rate_note: str
+    shard: str = ""  # "K/N" when the estimate is of one shard's pass
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -41,7 +42,8 @@ class CostEstimate:
     def line(self) -> str:
         price = "no price configured" if self.price is None else f"~{self.price:,.2f} at {self.price_per_million:g}/M"
         time = f"~{self.seconds / 60:,.1f} min" if self.seconds is not None else "time unknown"
-        return (f"{self.source} -> {self.space}: {self.rows:,} rows, ~{self.tokens:,} tokens ({self.method}), "
+        shard = f" shard {self.shard}" if self.shard else ""
+        return (f"{self.source} -> {self.space}{shard}: {self.rows:,} rows, ~{self.tokens:,} tokens ({self.method}), "
                 f"{price}, {time} ({self.rate_note})")
 
 
@@ -53,10 +55,14 @@ def _calibrated_ratio(smoke: dict | None) -> float | None:
 
 
 def estimate(conn, source: SourceTable, table: SpaceTable, provider, *, smoke: dict | None = None,
-             sample: int = SAMPLE_ROWS) -> CostEstimate:
-    """The cost of bringing ``table`` up to date; reads only (the sample and one count)."""
+             sample: int = SAMPLE_ROWS, shard: tuple[int, int] | None = None) -> CostEstimate:
+    """The cost of bringing ``table`` (or one shard of it) up to date; reads only (the sample and one count).
+
+    A shard run estimates its own rows: counted over the whole table, each of N shard runs would
+    report N times the tokens and price of the pass it makes.
+    """
     space = table.space
-    pending = pending_rows(source, table)
+    pending = pending_rows(source, table, shard=shard)
     rows = conn.execute(queries.count_pending(pending)).fetchone()[0]
     texts = [r[0] for r in conn.execute(queries.sample_pending(pending),
                                         (sample,)).fetchall()]
@@ -75,4 +81,5 @@ def estimate(conn, source: SourceTable, table: SpaceTable, provider, *, smoke: d
         rate = smoke["tokens"] / (smoke["batch_ms"] / 1000)
         seconds, note = tokens / rate, f"smoke batch throughput {rate:,.0f} tokens/s"
     return CostEstimate(source.name, space.name, rows, len(texts), tokens, method, price_per_m,
-                        None if price is None else round(price, 4), seconds, note)
+                        None if price is None else round(price, 4), seconds, note,
+                        f"{shard[0]}/{shard[1]}" if shard else "")

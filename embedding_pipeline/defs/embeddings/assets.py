@@ -115,7 +115,7 @@ def _build_reembed_asset(*, space: str, config: PipelineConfig,
                 needed = {config.source(source).legacy_space, space} - {None}
                 src = prepare_source(conn, config, source, pipeline.provider, spaces=sorted(needed))
                 smoke = latest_smoke(conn, config.project_schema, space)
-                cost = estimate(conn, src, config.space(space).on(src), provider, smoke=smoke)
+                cost = estimate(conn, src, config.space(space).on(src), provider, smoke=smoke, shard=shard)
                 conn.rollback()
             context.log.info(f"estimate: {cost.line()}")
             stats = reembed(db, config, source, space, provider, shard=shard, logger=context.log)
