@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 
 
 READ_BATCHES = 16
+MAX_READ_ROWS = 2048
+
+
+def read_window(model_batch: int) -> int:
+    """Rows per cursor read and commit for a model batch size: several batches, so the provider
+    sorts them by length together (sentence-transformers sorts only within one encode() call)."""
+    return min(READ_BATCHES * model_batch, MAX_READ_ROWS)
 
 
 class RunInProgress(EmbeddingPipelineError):
@@ -334,9 +341,9 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
     schema = config.project_schema
     stats = ReembedStats(source_name, space_name, shard=f"{shard[0]}/{shard[1]}" if shard else "")
     label = f"{source_name} -> {space_name}" + (f" [shard {stats.shard}]" if shard else "")
-    # Rows per read/commit: several model batches, because sentence-transformers sorts texts by
-    # length only within one encode() call (64-row calls measured 0.38x of one large call).
-    batch = batch_size or min(READ_BATCHES * space.batch_size, 2048)
+    # Rows per read/commit: several model batches (read_window); 64-row calls in key order measured
+    # 0.38x of one large call.
+    batch = batch_size or read_window(provider.batch_size)
     started = time.monotonic()
     with db.connect() as conn:
         ensure_schema(conn, schema)

@@ -107,6 +107,11 @@ class EmbeddingProvider(ABC):
     def dims(self) -> int:
         return self.config.dimensions
 
+    @property
+    def batch_size(self) -> int:
+        """Inputs per model call (per request, for a server): the space's ``batch_size``."""
+        return self.config.batch_size
+
     @abstractmethod
     def _embed(self, texts: list[str], *, query: bool) -> np.ndarray:
         """Raw embedding of already-cleaned texts (validated by the caller)."""

@@ -62,7 +62,7 @@ class SentenceTransformersProvider(EmbeddingProvider):
         prompt = self.config.query_prompt if query else self.config.document_prompt
         vecs = self.model.encode(
             texts,
-            batch_size=self.config.batch_size,
+            batch_size=self.batch_size,
             prompt=prompt or None,
             normalize_embeddings=False,
             convert_to_numpy=True,
@@ -71,13 +71,13 @@ class SentenceTransformersProvider(EmbeddingProvider):
         return np.asarray(vecs, dtype=np.float32)
 
     def _embed_with_usage(self, texts, *, query, on_progress=None):
-        if on_progress is None or len(texts) <= self.config.batch_size:
+        if on_progress is None or len(texts) <= self.batch_size:
             return super()._embed_with_usage(texts, query=query, on_progress=on_progress)
         # Progress per model batch: sort by length as encode() itself does, so the batches (and
         # their padding) are those of one encode() over all the texts, then encode them in turn.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), self.dims), dtype=np.float32)
-        step = self.config.batch_size
+        step = self.batch_size
         for a in range(0, len(order), step):
             idx = order[a:a + step]
             out[idx] = self._embed([texts[i] for i in idx], query=query)
