@@ -108,8 +108,8 @@ def run(*, rows: int = 512, device: str = "cpu", repeats: int = 5, batches=BATCH
     before = build_provider(SPACE, before_cfg.space(SPACE))
     before.embed(texts(BEFORE_BATCH))
     d: dict = {"device": str(model.device), "model": space_cfg.model, "dims": space_cfg.dimensions, "batch": batch,
-               "before_batch": BEFORE_BATCH, "read_window": read_window(batch),
-               "before_read_window": read_window(BEFORE_BATCH), "fp16": device.startswith("cuda"),
+               "before_batch": BEFORE_BATCH, "read_window": read_window(provider),
+               "before_read_window": read_window(before), "fp16": device.startswith("cuda"),
                "corpus": corpus_origin(), "rows": rows, "repeats": repeats, "load_before": load()}
     corpus = texts(rows)
     d["mean_chars"] = round(statistics.mean(map(len, corpus)), 1)
