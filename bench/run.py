@@ -70,7 +70,7 @@ def run_family(fam: str, args, log) -> dict:
     if fam == "reembed_vs_encode":
         from bench import encode
 
-        kw = dict(rows=args.rows or 200, repeats=1, batches=(16, 64)) if q else (
+        kw = dict(rows=args.rows or 200, repeats=1, batches=(8, 64)) if q else (
             dict(rows=args.rows) if args.rows else {})
         out = encode.run(device=args.device, log=log, **kw)
         if args.device != "cpu":  # an accelerator's numbers go to the gpu section, beside the CPU ones

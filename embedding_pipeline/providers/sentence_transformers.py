@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 # The model batch when the space sets no batch_size. CPU: the fastest shape of the bench's sweep
 # (docs/benchmarks.md, reembed_vs_encode: MiniLM on 2 cores, one sorted encode() over 512 texts,
-# batch 8 about 1.5x batch 64 and 2.3x batch 128; smaller batches pad less and their activations
-# stay in cache). An accelerator wants large batches: 64, the default before that sweep (not
+# batch 8 about 1.5x batch 64 and 2x batch 128; likely less padding per batch and smaller
+# activations, the cause not isolated). An accelerator wants large batches: 64, the default before that sweep (not
 # measured here; docs/scaling.md advises 512-2048 on a GPU).
 CPU_BATCH = 8
 ACCELERATOR_BATCH = 64
