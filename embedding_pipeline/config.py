@@ -108,6 +108,9 @@ class _SpaceBase(_Strict):
 class SentenceTransformersSpace(_SpaceBase):
     transport: Literal["sentence-transformers"]
     device: str = "auto"
+    # Texts per model call; None: the provider's default for the device it runs on
+    # (providers.sentence_transformers.default_batch_size: 8 on CPU, 64 on an accelerator).
+    batch_size: int | None = Field(None, ge=1, le=4096)
     truncate_dim: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")

@@ -8,11 +8,13 @@ import threading
 import numpy as np
 import pytest
 
-from embedding_pipeline.config import OpenAISpace
+from embedding_pipeline.config import OpenAISpace, SentenceTransformersSpace
+from embedding_pipeline.embeddings.reembed import read_window
 from embedding_pipeline.errors import CloudEndpointRefused, ProviderError
 from embedding_pipeline.providers import build_provider, validate_vectors
 from embedding_pipeline.providers.base import batch_indices, clean_text
 from embedding_pipeline.providers.endpoint import classify
+from embedding_pipeline_tests.support.embedding_server import EmbeddingServer, vector
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -103,3 +105,53 @@ def test_batch_indices_cover_range():
     """Batches cover every index exactly once, the last one short."""
     assert batch_indices(5, 2) == [(0, 2), (2, 4), (4, 5)]
     assert batch_indices(0, 3) == []
+
+
+def test_openai_transport_sorts_requests_by_length_and_keeps_input_order():
+    """A window goes out longest first in requests of batch_size texts (a server pads each request
+    to its longest input); the vectors come back in input order, one per text."""
+    texts = ["a b", "a much longer text than the others here", "mid length text", "x", "four word text here",
+             "the longest text of them all, by quite a margin indeed", "two words", "y z w"]
+    with EmbeddingServer(dimensions=8) as server:
+        cfg = OpenAISpace(transport="openai", model="det", dimensions=8, base_url=server.url, batch_size=3,
+                          concurrency=1, max_retries=0)
+        provider = build_provider("det", cfg)
+        got = provider.embed_documents(texts)
+        provider.close()
+    longest_first = sorted(texts, key=len, reverse=True)
+    assert server.inputs == [longest_first[0:3], longest_first[3:6], longest_first[6:8]]
+    assert np.allclose(got, np.vstack([vector("det", t, 8) for t in texts]), atol=1e-6)
+
+
+def test_openai_transport_keeps_input_order_with_requests_in_flight_together():
+    """With several requests in flight (threads, any arrival order) each text still gets its own vector."""
+    texts = [f"text {i} " + "word " * (i * 7 % 11) for i in range(40)]
+    with EmbeddingServer(dimensions=8, delay=0.02) as server:
+        cfg = OpenAISpace(transport="openai", model="det", dimensions=8, base_url=server.url, batch_size=4,
+                          concurrency=4, max_retries=0)
+        provider = build_provider("det", cfg)
+        got = provider.embed_documents(texts)
+        provider.close()
+    assert server.requests == 10 and sorted(map(len, server.inputs)) == [4] * 10
+    assert np.allclose(got, np.vstack([vector("det", t, 8) for t in texts]), atol=1e-6)
+
+
+def test_model_batch_defaults_by_device_and_an_explicit_one_is_kept():
+    """A sentence-transformers space with no batch_size embeds 8 texts per model call on CPU (the
+    fastest shape of the bench's sweep) and 64 on a GPU; a configured batch_size wins everywhere.
+    The engine's read window is 16 batches, at least 1,024 rows for a local model (it sorts a window
+    by length before batching), at most 2,048."""
+    def st(**kw):
+        return build_provider("m", SentenceTransformersSpace(transport="sentence-transformers", model="m",
+                                                             dimensions=8, **kw))
+
+    def remote(**kw):
+        return build_provider("r", OpenAISpace(transport="openai", model="r", dimensions=8,
+                                               base_url="http://127.0.0.1:9/v1", **kw))
+
+    assert SentenceTransformersSpace(transport="sentence-transformers", model="m", dimensions=8).batch_size is None
+    assert st(device="cpu").batch_size == 8 and st(device="cuda").batch_size == 64
+    assert st(device="cpu", batch_size=32).batch_size == 32 and st(device="cuda", batch_size=4).batch_size == 4
+    assert remote().batch_size == 64 and remote(batch_size=4).batch_size == 4
+    assert read_window(st(device="cpu")) == 1024 and read_window(st(device="cpu", batch_size=128)) == 2048
+    assert read_window(remote()) == 1024 and read_window(remote(batch_size=4)) == 64

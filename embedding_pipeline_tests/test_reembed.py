@@ -210,9 +210,14 @@ def test_kill_9_mid_run_then_resume(db, setup, config_path):
     assert {r[1] for r in rows} == {cfg.space(SPACE).model_version}
 
 
-def test_provider_error_writes_nothing_for_the_batch(db, setup):
-    """A reply of the wrong dimension mid-run stops the run; earlier batches stay, the bad one is not written."""
+@pytest.mark.parametrize("model_batch, committed", [(16, 32), (8, 16)])
+def test_provider_error_writes_nothing_for_the_batch(db, setup, model_batch, committed):
+    """A reply of the wrong dimension mid-run stops the run; earlier batches stay, the bad one is not written.
+    Read batches of 16 rows: with model batch 16 the bad reply is read batch 3's; with model batch 8
+    it is the first model call of read batch 2, whose second call is never written either."""
     cfg, provider_for, _ = setup
+    space = cfg.spaces[SPACE].model_copy(update={"batch_size": model_batch})
+    cfg = cfg.model_copy(update={"spaces": {**cfg.spaces, SPACE: space}})
     provider = build_provider(SPACE, cfg.space(SPACE))
     provider._model = provider_for(SPACE).model
     inner, calls = provider._embed, []
@@ -227,7 +232,7 @@ def test_provider_error_writes_nothing_for_the_batch(db, setup):
         reembed(db, cfg, "documents", SPACE, provider, batch_size=16)
     with db.connect() as conn:
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_table(cfg))).fetchone()[0]
-    assert n == 32  # batches 1 and 2 committed, batch 3 refused whole
+    assert n == committed  # the read batches before the bad reply committed, its own refused whole
     provider._embed = inner
     assert reembed(db, cfg, "documents", SPACE, provider).stored == 80
 

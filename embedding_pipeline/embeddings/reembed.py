@@ -41,7 +41,16 @@ from embedding_pipeline.spaces.source import SourceTable, inspect_source
 log = logging.getLogger(__name__)
 
 
+# Rows per cursor read and commit: READ_BATCHES model batches, at least the provider's
+# min_window_rows, at most MAX_READ_ROWS. Each window is one provider.embed() call, so a transport
+# that sorts its inputs by length sorts a whole window at once.
 READ_BATCHES = 16
+MAX_READ_ROWS = 2048
+
+
+def read_window(provider) -> int:
+    """Rows per cursor read, embed() call and commit for this provider (see READ_BATCHES)."""
+    return min(max(READ_BATCHES * provider.batch_size, provider.min_window_rows), MAX_READ_ROWS)
 
 
 class RunInProgress(EmbeddingPipelineError):
@@ -354,9 +363,9 @@ def reembed(db: Database, config: PipelineConfig, source_name: str, space_name: 
     schema = config.project_schema
     stats = ReembedStats(source_name, space_name, shard=f"{shard[0]}/{shard[1]}" if shard else "")
     label = f"{source_name} -> {space_name}" + (f" [shard {stats.shard}]" if shard else "")
-    # Rows per read/commit: several model batches, because sentence-transformers sorts texts by
-    # length only within one encode() call (64-row calls measured 0.38x of one large call).
-    batch = batch_size or min(READ_BATCHES * space.batch_size, 2048)
+    # Rows per read/commit (read_window): many model batches, sorted by length together by the
+    # provider; 64-row calls in key order measured 0.38x of one large call.
+    batch = batch_size or read_window(provider)
     started = time.monotonic()
     with db.connect() as conn:
         ensure_schema(conn, schema)

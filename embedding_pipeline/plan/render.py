@@ -128,6 +128,17 @@ def indexes(plan: Plan) -> str:
     return "\n\n".join(out)
 
 
+def _batch_text(cfg) -> str:
+    if cfg.batch_size is not None:
+        return str(cfg.batch_size)
+    from embedding_pipeline.providers.sentence_transformers import (
+        ACCELERATOR_BATCH,
+        CPU_BATCH,
+    )
+
+    return f"{CPU_BATCH} on CPU, {ACCELERATOR_BATCH} on a GPU (the transport's default; set `batch_size` to change it)"
+
+
 def write_path(plan: Plan) -> str:
     cfg = plan.config.space(plan.space)
     out = ["## Write path",
@@ -135,7 +146,7 @@ def write_path(plan: Plan) -> str:
            "backfill: the backfill reads one snapshot and the capture queue holds every change committed after it.",
            f"Re-embed: Dagster asset `embeddings/{plan.space.replace('-', '_')}` (partition = source, job `reembed`) "
            f"or {cmd('reembed', source='<source>', space=plan.space)}. It streams the eligible rows in key order, "
-           f"embeds in batches of {cfg.batch_size}, writes each batch with binary COPY + upsert in its own "
+           f"embeds in batches of {_batch_text(cfg)}, writes each read window with binary COPY in its own "
            "transaction, skips rows whose content hash is unchanged, deletes vectors of rows gone or filtered out, "
            "and resumes after a crash. Rerun it until coverage is 100%; it is cheap when nothing changed."]
     for p in plan.sources:

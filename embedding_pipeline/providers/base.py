@@ -107,6 +107,14 @@ class EmbeddingProvider(ABC):
     def dims(self) -> int:
         return self.config.dimensions
 
+    @property
+    def batch_size(self) -> int:
+        """Inputs per model call (per request, for a server): the space's ``batch_size``."""
+        return self.config.batch_size
+
+    # The fewest rows the engine hands to one embed() call (its read window is 16 batches, or this).
+    min_window_rows = 0
+
     @abstractmethod
     def _embed(self, texts: list[str], *, query: bool) -> np.ndarray:
         """Raw embedding of already-cleaned texts (validated by the caller)."""

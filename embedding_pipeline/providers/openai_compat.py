@@ -134,7 +134,12 @@ class OpenAIProvider(EmbeddingProvider):
         # The limit applies to the row's text; a configured prompt comes on top of it.
         limit = self.input_limit
         texts = [prompt + cut_to_tokens(t, limit) for t in texts]
-        chunks = [texts[a:b] for a, b in batch_indices(len(texts), self.config.batch_size)]
+        # Longest first, as sentence-transformers does within one encode(): a server pads each
+        # request to its longest input, so requests of like lengths pad least, and the slowest
+        # requests start first. The vectors are put back in input order below.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        chunks = [[texts[i] for i in order[a:b]] for a, b in batch_indices(len(texts), self.batch_size)]
+
         def one(chunk):
             part = self._embed_chunk(chunk, model)
             if on_progress is not None:
@@ -150,8 +155,11 @@ class OpenAIProvider(EmbeddingProvider):
             with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(chunks))) as pool:
                 parts = list(pool.map(one, chunks))
         usage = [u for _, u in parts]
+        vectors: list = [None] * len(texts)
+        for i, v in zip(order, (v for vecs, _ in parts for v in vecs), strict=True):
+            vectors[i] = v
         # Usage counts only when every request reported it; a partial sum would understate the cost.
-        return [v for vecs, _ in parts for v in vecs], (sum(usage) if None not in usage else None)
+        return vectors, (sum(usage) if None not in usage else None)
 
     def _embed_chunk(self, texts: list[str], model: str) -> tuple[list, int | None]:
         self.flow.batch()

@@ -8,10 +8,23 @@ from pathlib import Path
 import numpy as np
 
 from embedding_pipeline.errors import ProviderError
-from embedding_pipeline.providers.base import EmbeddingProvider
+from embedding_pipeline.providers.base import EmbeddingProvider, validate_vectors
 from embedding_pipeline.providers.weights import resolve_model_path
 
 log = logging.getLogger(__name__)
+
+
+# The model batch when the space sets no batch_size. CPU: the fastest shape of the bench's sweep
+# (docs/benchmarks.md, reembed_vs_encode: MiniLM on 2 cores, one sorted encode() over 512 texts,
+# batch 8 about 1.5x batch 64 and 2x batch 128; likely less padding per batch and smaller
+# activations, the cause not isolated). An accelerator wants large batches: 64, the default before that sweep (not
+# measured here; docs/scaling.md advises 512-2048 on a GPU).
+CPU_BATCH = 8
+ACCELERATOR_BATCH = 64
+
+
+def default_batch_size(device: str) -> int:
+    return CPU_BATCH if device.partition(":")[0] == "cpu" else ACCELERATOR_BATCH
 
 
 def pick_device(configured: str) -> str:
@@ -25,9 +38,23 @@ def pick_device(configured: str) -> str:
 
 
 class SentenceTransformersProvider(EmbeddingProvider):
+    # One embed() call is sorted by length before it is batched, so a larger window pads less
+    # (bench reembed_vs_encode: 128-row windows of batch 8 ran 2-3% below one sorted call over 512
+    # texts); 1,024 rows is the window the engine had before issue 18 (16 x 64), so transactions
+    # and what a kill -9 loses stay as they were.
+    min_window_rows = 1024
+
     def __init__(self, name, config):
         super().__init__(name, config)
         self._model = None
+        self._batch_size = config.batch_size
+
+    @property
+    def batch_size(self) -> int:
+        """The space's batch_size, else the default for the device the model runs on."""
+        if self._batch_size is None:
+            self._batch_size = default_batch_size(pick_device(self.config.device))
+        return self._batch_size
 
     @property
     def model(self):
@@ -62,7 +89,7 @@ class SentenceTransformersProvider(EmbeddingProvider):
         prompt = self.config.query_prompt if query else self.config.document_prompt
         vecs = self.model.encode(
             texts,
-            batch_size=self.config.batch_size,
+            batch_size=self.batch_size,
             prompt=prompt or None,
             normalize_embeddings=False,
             convert_to_numpy=True,
@@ -71,16 +98,19 @@ class SentenceTransformersProvider(EmbeddingProvider):
         return np.asarray(vecs, dtype=np.float32)
 
     def _embed_with_usage(self, texts, *, query, on_progress=None):
-        if on_progress is None or len(texts) <= self.config.batch_size:
+        if on_progress is None or len(texts) <= self.batch_size:
             return super()._embed_with_usage(texts, query=query, on_progress=on_progress)
         # Progress per model batch: sort by length as encode() itself does, so the batches (and
         # their padding) are those of one encode() over all the texts, then encode them in turn.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), self.dims), dtype=np.float32)
-        step = self.config.batch_size
+        step = self.batch_size
         for a in range(0, len(order), step):
             idx = order[a:a + step]
-            out[idx] = self._embed([texts[i] for i in idx], query=query)
+            # Validated per batch before it is placed: a reply of the wrong shape is refused with the
+            # validator's message (e.g. "200-d vectors but the space is 256-d"), not a numpy error.
+            out[idx] = validate_vectors(self._embed([texts[i] for i in idx], query=query), expected=len(idx),
+                                        dims=self.dims, space=self.name)
             on_progress(len(idx))
         return out, None
 

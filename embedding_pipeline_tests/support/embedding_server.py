@@ -35,11 +35,13 @@ def vector(model: str, text: str, dimensions: int) -> np.ndarray:
 
 
 class EmbeddingServer:
-    """``with EmbeddingServer(dimensions=64, delay=0.2) as s: s.url`` (``.../v1``); ``requests``/``texts`` count calls."""
+    """``with EmbeddingServer(dimensions=64, delay=0.2) as s: s.url`` (``.../v1``); ``requests``/``texts`` count
+    calls, ``inputs`` holds each request's input list in arrival order."""
 
     def __init__(self, *, dimensions: int = 64, delay: float = 0.0, host: str = "127.0.0.1", port: int = 0):
         self.dimensions, self.delay = dimensions, delay
         self.requests = self.texts = 0
+        self.inputs: list[list[str]] = []
         self.lock = threading.Lock()
         server = self
 
@@ -72,6 +74,7 @@ class EmbeddingServer:
                 with server.lock:
                     server.requests += 1
                     server.texts += len(texts)
+                    server.inputs.append(texts)
                 self._send(200, {"object": "list", "data": data, "model": model,
                                  "usage": {"prompt_tokens": sum(len(t.split()) for t in texts),
                                            "total_tokens": sum(len(t.split()) for t in texts)}})
