@@ -125,3 +125,22 @@ def prepared_source(db, configure, provider_cache):
         return PreparedSource(cfg, provider_for, prepare_documents(db, cfg, provider_for, spaces, rows, seed))
 
     return prepare
+
+
+@pytest.fixture
+def log_lines(request):
+    """``(logger, lines)``: an INFO logger of this test whose messages are collected in ``lines``."""
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger(f"test.{request.node.name}")
+    handler = Collect()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield logger, lines
+    logger.removeHandler(handler)

@@ -249,23 +249,13 @@ def test_unicode_only_whitespace_counts_as_blank(db, setup):
     assert stats.embedded == 79 and stats.coverage == 1.0
 
 
-def test_progress_is_reported_within_a_read_window(setup, db):
+def test_progress_is_reported_within_a_read_window(setup, db, log_lines):
     """Progress moves per model batch, not per read window: at 8 rows/s a 1,024-row window would
     otherwise be minutes of silence. Here one 80-row window of 4-row model batches reports in between."""
-    import logging
-
     cfg, _, ids = setup
     small = cfg.spaces[SPACE].model_copy(update={"batch_size": 4})
     cfg = cfg.model_copy(update={"spaces": {**cfg.spaces, SPACE: small}})
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("test_progress_within_window")
-    logger.addHandler(Collect())
-    logger.setLevel(logging.INFO)
+    logger, lines = log_lines
     provider = build_provider(SPACE, cfg.space(SPACE))
     stats = reembed(db, cfg, "documents", SPACE, provider, batch_size=1000, logger=logger, progress_interval=0.01)
     done = [int(line.split(": ")[1].split("/")[0].replace(",", "")) for line in lines if "rows/s, ETA" in line]

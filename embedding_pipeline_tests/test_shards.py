@@ -189,23 +189,14 @@ def test_dagster_backfill_of_shard_partitions_then_the_index_asset(db, prepared_
     assert reembed(db, cfg, "documents", SPACE, provider_for(SPACE)).embedded == 0
 
 
-def test_db_writers_caps_the_passes_writing_at_once(db, prepared_source):
+def test_db_writers_caps_the_passes_writing_at_once(db, prepared_source, log_lines):
     """With `concurrency.db_writers: 1` and the one slot held, a re-embed pass waits, says so every
     interval, and runs once the slot is free."""
-    import logging
     import threading
 
     cfg, provider_for, _ = prepared_source(["minilm", SPACE], 12)
     one = cfg.model_copy(update={"concurrency": cfg.concurrency.model_copy(update={"db_writers": 1})})
-    lines: list[str] = []
-
-    class Log(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("test_db_writers")
-    logger.addHandler(Log())
-    logger.setLevel(logging.INFO)
+    logger, lines = log_lines
     holder = db.connect(autocommit=True)
     holder.execute(queries.try_lock_run(False), (f"db_writer:{cfg.project_schema}:0",))
     results = []
