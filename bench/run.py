@@ -84,7 +84,7 @@ def run_family(fam: str, args, log) -> dict:
     if fam == "scaling":
         from bench import scaling
 
-        kw = dict(sizes=(1000, 5000), incremental_size=5000, time_box=30) if q else {}
+        kw = dict(sizes=(1000, 5000), incremental_size=5000) if q else {}
         return scaling.run(plot_path=args.doc.parent / "benchmarks_scaling.png", log=log, **kw)
     if fam == "drift":
         from bench import drift
