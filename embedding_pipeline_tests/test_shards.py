@@ -237,3 +237,22 @@ def test_dev_sets_the_model_pools_limits_on_the_instance(pg_admin_url, tmp_path,
             with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
                 got = {p: instance.event_log_storage.get_concurrency_info(p).slot_count for p in limits}
     assert got == limits
+
+
+def test_a_refusal_names_the_shard_partitions_of_a_sharded_source(config):
+    """A sharded source has no partition of its own name on the re-embed asset: the UI hint names the
+    shard partitions, then the index asset (an unsharded source keeps the one-partition hint)."""
+    from embedding_pipeline.defs.cutover.launchpad import refusal
+    from embedding_pipeline.errors import RefusedError
+
+    reason = (f"space {SPACE!r} is incomplete for public.documents: 39 of 40 eligible rows have a vector; "
+              f"run `embedding-pipeline reembed --source documents --space {SPACE}`")
+    e = RefusedError("cutover refused", [reason])
+    assert refusal(e, config).metadata["ui_hints"].value == [
+        "materialize asset `embeddings/minilm_256`, partition `documents`"]
+    hint = ("materialize asset `embeddings/minilm_256`, partitions `documents:0/2`, `documents:1/2`, then asset "
+            "`index/index_minilm_256`, partition `documents`")
+    failure = refusal(e, _sharded(config, 2))
+    assert failure.metadata["ui_hints"].value == [hint] and hint in failure.description
+    many = refusal(e, _sharded(config, 16)).metadata["ui_hints"].value[0]
+    assert "`documents:0/16` … `documents:15/16` (all 16)" in many

@@ -40,7 +40,8 @@ def _run(context: dg.OpExecutionContext, fn, *args, **kwargs) -> dg.Output:
     try:
         result = fn(*args, **kwargs)
     except RefusedError as e:
-        raise refusal(e) from None
+        # The config the core call got (if any) lets the hint name a sharded source's partitions.
+        raise refusal(e, next((a for a in args if isinstance(a, PipelineConfig)), None)) from None
     except EmbeddingPipelineError as e:
         raise dg.Failure(description=str(e), allow_retries=False) from None
     context.log.info(json.dumps(result, default=str))

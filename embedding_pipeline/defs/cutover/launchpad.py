@@ -18,7 +18,11 @@ import dagster as dg
 
 from embedding_pipeline.config import PipelineConfig
 from embedding_pipeline.defs.backup.assets import BACKUP_KEY
-from embedding_pipeline.defs.embeddings.assets import reembed_key
+from embedding_pipeline.defs.embeddings.assets import (
+    index_key,
+    partitions_of,
+    reembed_key,
+)
 from embedding_pipeline.defs.evaluation.assets import eval_asset_key
 from embedding_pipeline.errors import RefusedError
 
@@ -51,16 +55,28 @@ def _materialize(key: dg.AssetKey, partition: str | None) -> str:
     return f"materialize asset `{key.to_user_string()}`" + (f", partition `{partition}`" if partition else "")
 
 
+def _reembed(space: str, source: str | None, config: PipelineConfig | None) -> str:
+    """A sharded source has no partition of its own name on the re-embed asset: name its shard
+    partitions, then the index asset that builds the source's index once every shard is in."""
+    keys = partitions_of(config, source) if config is not None and source in config.sources else []
+    if len(keys) <= 1:
+        return _materialize(reembed_key(space), source)
+    shards = ", ".join(f"`{k}`" for k in keys) if len(keys) <= 4 else f"`{keys[0]}` … `{keys[-1]}` (all {len(keys)})"
+    return (f"materialize asset `{reembed_key(space).to_user_string()}`, partitions {shards}, then asset "
+            f"`{index_key(space).to_user_string()}`, partition `{source}`")
+
+
 def _launch(job: str, **config: str) -> str:
     fields = ", ".join(f"{k}: {v}" for k, v in config.items())
     return f"launch job `{job}`" + (f" with {fields}" if fields else "")
 
 
-def ui_action(command: str, args: dict[str, str]) -> str | None:
-    """The UI's way to do what ``embedding-pipeline <command> <args>`` does; None when there is none."""
+def ui_action(command: str, args: dict[str, str], config: PipelineConfig | None = None) -> str | None:
+    """The UI's way to do what ``embedding-pipeline <command> <args>`` does; None when there is none.
+    With ``config``, a sharded source's re-embed names its shard partitions."""
     source, space, app = args.get("source"), args.get("space"), args.get("app")
     if command == "reembed" and space:
-        return _materialize(reembed_key(space), source)
+        return _reembed(space, source, config)
     if command == "eval" and space:
         return _materialize(eval_asset_key(space), source)
     if command == "backup":
@@ -74,29 +90,29 @@ def ui_action(command: str, args: dict[str, str]) -> str | None:
     return None
 
 
-def _action(m: re.Match) -> str | None:
-    return ui_action(m["command"], _args(m["args"]))
+def _action(m: re.Match, config: PipelineConfig | None = None) -> str | None:
+    return ui_action(m["command"], _args(m["args"]), config)
 
 
 def _flag(m: re.Match) -> str:
     return f"`{m[1]}: true` in the run config"
 
 
-def ui_text(text: str) -> str:
+def ui_text(text: str, config: PipelineConfig | None = None) -> str:
     """``text`` with each CLI command it names replaced by the UI action, and flags by config fields."""
-    return _FLAG.sub(_flag, _COMMAND.sub(lambda m: _action(m) or m[0], text))
+    return _FLAG.sub(_flag, _COMMAND.sub(lambda m: _action(m, config) or m[0], text))
 
 
-def hints(reasons: list[str]) -> list[str]:
+def hints(reasons: list[str], config: PipelineConfig | None = None) -> list[str]:
     """Beside each reason: the UI actions and config fields it asks for, or "" when it names none."""
-    return ["; ".join([a for m in _COMMAND.finditer(r) if (a := _action(m))]
+    return ["; ".join([a for m in _COMMAND.finditer(r) if (a := _action(m, config))]
                       + [f"set {_flag(m)}" for m in _FLAG.finditer(r)]) for r in reasons]
 
 
-def refusal(e: RefusedError) -> dg.Failure:
+def refusal(e: RefusedError, config: PipelineConfig | None = None) -> dg.Failure:
     """The run's failure for a refusal: what to click instead of what to type, every reason kept."""
     title, _, _ = str(e).partition(":\n  - ")
-    lines = [ui_text(title)] if e.reasons == [title] else [title.replace("--force", "force")] + [
-        f"- {ui_text(r)}" for r in e.reasons]
+    lines = [ui_text(title, config)] if e.reasons == [title] else [title.replace("--force", "force")] + [
+        f"- {ui_text(r, config)}" for r in e.reasons]
     return dg.Failure(description="\n".join(lines), allow_retries=False, metadata={
-        "reasons": dg.MetadataValue.json(e.reasons), "ui_hints": dg.MetadataValue.json(hints(e.reasons))})
+        "reasons": dg.MetadataValue.json(e.reasons), "ui_hints": dg.MetadataValue.json(hints(e.reasons, config))})
