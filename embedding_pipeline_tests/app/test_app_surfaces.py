@@ -16,6 +16,7 @@ from embedding_pipeline_tests.support import honcho_schema
 from embedding_pipeline_tests.support.app_cutover_env import (
     APP,
     LEGACY,
+    N_MSGS,
     NEW,
     SAME_DIM,
     SOURCES,
@@ -108,6 +109,49 @@ def test_dagster_app_jobs(app_env):
         f"- {s}: space {NEW!r} is already the active space of source {s!r}; nothing to do" for s in SOURCES]
     assert run("app_rollback", app=APP).success
     assert columns_of(env, "documents")["embedding"] == "vector(384)"
+
+
+def test_dagster_shards_of_honchos_message_embeddings(app_env, tmp_path):
+    """Honcho's ``message_embeddings`` (bigint identity id) split into 3 shard partitions in Dagster: the
+    shard runs together embed every row once, under its bigint key, and the index asset covers it all."""
+    import dagster as dg
+
+    from embedding_pipeline.defs.embeddings.assets import build, index_key, reembed_key
+    from embedding_pipeline.defs.resources import PipelineResource
+    from embedding_pipeline.embeddings.reembed import reembed
+    from embedding_pipeline.spaces.model import space_table_name
+
+    env, src = app_env, "message_embeddings"
+    raw = app_config_dict()
+    raw["sources"][src]["shards"] = 3
+    path = tmp_path / "sharded.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    table = psycopg.sql.Identifier(env.schema, space_table_name(src, NEW))
+    with env.db.connect() as conn:  # the template embedded and indexed it whole: start from nothing
+        conn.execute(psycopg.sql.SQL("DELETE FROM {}").format(table))
+        [(hnsw,)] = conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s "
+                                 "AND indexdef LIKE '%%USING hnsw%%'", (env.schema, space_table_name(src, NEW))).fetchall()
+        conn.execute(psycopg.sql.SQL("DROP INDEX {}").format(psycopg.sql.Identifier(env.schema, hnsw)))
+    assets = {a.key: a for a in build(cfg).assets}
+    shards, index = assets[reembed_key(NEW)], assets[index_key(NEW)]
+    keys = [f"{src}:{k}/3" for k in range(3)]
+    assert [k for k in shards.partitions_def.get_partition_keys() if k.startswith(src)] == keys
+    resources = {"pipeline": PipelineResource(config_path=str(path))}
+    embedded = []
+    with dg.DagsterInstance.ephemeral() as instance:
+        for key in keys:
+            result = dg.materialize([shards], partition_key=key, instance=instance, resources=resources)
+            [m] = result.asset_materializations_for_node(shards.op.name)
+            embedded.append(m.metadata["rows_embedded"].value)
+        result = dg.materialize([index], partition_key=src, instance=instance, resources=resources)
+        [m] = result.asset_materializations_for_node(index.op.name)
+    ids = [r[0] for r in env.q(f"SELECT id FROM public.{src} ORDER BY id")]
+    assert sum(embedded) == len(ids) == N_MSGS and sum(1 for n in embedded if n) >= 2  # the work was split
+    assert [r[0] for r in env.q(psycopg.sql.SQL("SELECT source_id FROM {} ORDER BY 1").format(table))] == ids
+    assert all(isinstance(i, int) for i in ids)  # Honcho's bigint identity, stored as such
+    assert m.metadata["index_built"].value and m.metadata["coverage_pct"].value == 100.0
+    assert reembed(env.db, cfg, src, NEW, env.provider_for(NEW)).embedded == 0  # one whole pass finds nothing left
 
 
 def test_drift_and_status_read_the_movedcolumns_of(app_env):
