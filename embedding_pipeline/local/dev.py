@@ -57,9 +57,9 @@ def apply_pool_limits(env: dict[str, str], config) -> dict[str, int]:
     page shows them. A pool with no limit set runs unlimited, so this runs before any step can."""
     import dagster as dg
 
-    keys = ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")
+    keys = ("DAGSTER_HOME", "EMBEDDING_PIPELINE_DAGSTER_PG_URL")  # a deployment's dagster.yaml may not use the URL
     saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: env[k] for k in keys})
+    os.environ.update({k: env[k] for k in keys if k in env})
     try:
         limits = config.pool_limits()
         with dg.DagsterInstance.get() as instance:

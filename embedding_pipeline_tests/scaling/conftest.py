@@ -4,7 +4,9 @@ in two shards pointed at it, the vector database the cluster writes plus a refer
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +105,12 @@ def cluster(tmp_path, scaling_config, cluster_databases, redis_broker, monkeypat
         monkeypatch.setenv(key, env[key])  # the test's own DagsterInstance reads the same instance
     logs = tmp_path / "logs"
     logs.mkdir()
+    # As a deployment does before its first start: workers starting together on an empty instance
+    # database race to create its tables (a worker died of "type runs already exists").
+    init = subprocess.run([str(BIN / "embedding-pipeline"), "dagster-init", "--json"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert init.returncode == 0, init.stdout + init.stderr[-3000:]
+    assert json.loads(init.stdout)["pools"] == scaling_config[1].pool_limits()
     c = Cluster(env, logs)
     try:
         yield c
