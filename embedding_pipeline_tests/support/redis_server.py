@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from embedding_pipeline.backup.redis import binaries
-from embedding_pipeline_tests.support.net import free_port
+from embedding_pipeline_tests.support.net import free_port, stop
 
 
 @contextmanager
@@ -37,9 +37,4 @@ def running_redis(workdir: Path, *, password: str | None = None) -> Iterator[str
                 time.sleep(0.05)
         yield f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
