@@ -18,6 +18,7 @@ from embedding_pipeline.embeddings.reembed import (
 from embedding_pipeline.spaces.bindings import has_index
 from embedding_pipeline.spaces.model import space_table_name
 from embedding_pipeline.spaces.source import inspect_source
+from embedding_pipeline_tests.support.shard_runs import materialize_shards_then_index
 
 SPACE = "minilm-256"
 ROWS = 60
@@ -150,11 +151,9 @@ def test_dagster_backfill_of_shard_partitions_then_the_index_asset(db, prepared_
     """In Dagster a sharded source is one partition per shard (`documents:k/3`), one run each in a
     backfill, each claiming a slot of its space's model pool; the index asset's `documents` partition
     depends on exactly those shards and builds the index once they are done."""
-    import dagster as dg
     import yaml
 
     from embedding_pipeline.defs.embeddings.assets import build, index_key, reembed_key
-    from embedding_pipeline.defs.resources import PipelineResource
 
     cfg, provider_for, _ = prepared_source(["minilm", SPACE], ROWS)
     three = _sharded(cfg, 3)
@@ -170,18 +169,12 @@ def test_dagster_backfill_of_shard_partitions_then_the_index_asset(db, prepared_
         index.partitions_def.subset_with_partition_keys(["documents"]), index.partitions_def, shards.partitions_def)
     assert sorted(upstream.partitions_subset.get_partition_keys()) == keys
 
-    resources = {"pipeline": PipelineResource(config_path=str(path))}
-    embedded = []
-    with dg.DagsterInstance.ephemeral() as instance:
-        for key in keys:
-            result = dg.materialize([shards], partition_key=key, instance=instance, resources=resources)
-            [m] = result.asset_materializations_for_node(shards.op.name)
-            assert m.metadata["shard"].value == key.split(":")[1] and not m.metadata["index_built"].value
-            # The estimate is of this shard's rows (the tokenizer counts them all at this size), not the table's.
-            assert m.metadata["tokens_estimated"].value == m.metadata["tokens_actual"].value > 0
-            embedded.append(m.metadata["rows_embedded"].value)
-        result = dg.materialize([index], partition_key="documents", instance=instance, resources=resources)
-        [m] = result.asset_materializations_for_node(index.op.name)
+    runs, m = materialize_shards_then_index(shards, index, keys, "documents", path)
+    for key, run in zip(keys, runs):
+        assert run.metadata["shard"].value == key.split(":")[1] and not run.metadata["index_built"].value
+        # The estimate is of this shard's rows (the tokenizer counts them all at this size), not the table's.
+        assert run.metadata["tokens_estimated"].value == run.metadata["tokens_actual"].value > 0
+    embedded = [r.metadata["rows_embedded"].value for r in runs]
     assert sum(embedded) == ROWS and all(embedded)
     assert m.metadata["index_built"].value and m.metadata["coverage_pct"].value == 100.0
     assert m.metadata["rows_stored"].value == ROWS and m.metadata["shards"].value == 3

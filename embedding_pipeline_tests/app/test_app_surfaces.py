@@ -23,6 +23,7 @@ from embedding_pipeline_tests.support.app_cutover_env import (
     app_config_dict,
     columns_of,
 )
+from embedding_pipeline_tests.support.shard_runs import materialize_shards_then_index
 
 
 def _cfg(tmp_path, mutate):
@@ -114,10 +115,7 @@ def test_dagster_app_jobs(app_env):
 def test_dagster_shards_of_honchos_message_embeddings(app_env, tmp_path):
     """Honcho's ``message_embeddings`` (bigint identity id) split into 3 shard partitions in Dagster: the
     shard runs together embed every row once, under its bigint key, and the index asset covers it all."""
-    import dagster as dg
-
     from embedding_pipeline.defs.embeddings.assets import build, index_key, reembed_key
-    from embedding_pipeline.defs.resources import PipelineResource
     from embedding_pipeline.embeddings.reembed import reembed
     from embedding_pipeline.spaces.model import space_table_name
 
@@ -137,15 +135,8 @@ def test_dagster_shards_of_honchos_message_embeddings(app_env, tmp_path):
     shards, index = assets[reembed_key(NEW)], assets[index_key(NEW)]
     keys = [f"{src}:{k}/3" for k in range(3)]
     assert [k for k in shards.partitions_def.get_partition_keys() if k.startswith(src)] == keys
-    resources = {"pipeline": PipelineResource(config_path=str(path))}
-    embedded = []
-    with dg.DagsterInstance.ephemeral() as instance:
-        for key in keys:
-            result = dg.materialize([shards], partition_key=key, instance=instance, resources=resources)
-            [m] = result.asset_materializations_for_node(shards.op.name)
-            embedded.append(m.metadata["rows_embedded"].value)
-        result = dg.materialize([index], partition_key=src, instance=instance, resources=resources)
-        [m] = result.asset_materializations_for_node(index.op.name)
+    runs, m = materialize_shards_then_index(shards, index, keys, src, path)
+    embedded = [r.metadata["rows_embedded"].value for r in runs]
     ids = [r[0] for r in env.q(f"SELECT id FROM public.{src} ORDER BY id")]
     assert sum(embedded) == len(ids) == N_MSGS and sum(1 for n in embedded if n) >= 2  # the work was split
     assert [r[0] for r in env.q(psycopg.sql.SQL("SELECT source_id FROM {} ORDER BY 1").format(table))] == ids
