@@ -3,7 +3,8 @@
 Usage: python peer_pgai.py '{"db_url": ..., "base_url": ..., "model": ..., "dims": 384}'
 Installs pgai's catalog (the `ai` schema, no extension), creates a vectorizer over
 public.documents (column loading, no chunking, no parsing, no index, no schedule) and times one
-`--once` worker run until the queue is empty. Prints one JSON line.
+`--once` worker run until the queue is empty. "batch_size" and "concurrency" (optional) go to
+`ai.processing_default`, the knobs pgai documents; without them, its defaults (50, 1). Prints one JSON line.
 """
 
 import asyncio
@@ -27,8 +28,9 @@ def main(a: dict) -> dict:
             "loading => ai.loading_column('content'), parsing => ai.parsing_none(), "
             "embedding => ai.embedding_openai(%s, %s, base_url => %s), chunking => ai.chunking_none(), "
             "indexing => ai.indexing_none(), scheduling => ai.scheduling_none(), "
+            "processing => ai.processing_default(batch_size => %s, concurrency => %s), "
             "destination => ai.destination_table(target_table => 'documents_pgai'))",
-            (a["model"], a["dims"], a["base_url"]))
+            (a["model"], a["dims"], a["base_url"], a.get("batch_size"), a.get("concurrency")))
     setup = time.perf_counter() - t0
     t = time.perf_counter()
     error = asyncio.run(Worker(a["db_url"], once=True).run())
@@ -39,7 +41,9 @@ def main(a: dict) -> dict:
         errors = [r[0] for r in c.execute("SELECT details::text FROM ai.vectorizer_errors LIMIT 3").fetchall()]
     return {"rows": rows, "queue_left": queued, "seconds": round(elapsed, 3), "setup_seconds": round(setup, 3),
             "rows_per_s": round(rows / elapsed, 2) if elapsed else 0.0, "error": f"{error!r}: {errors}" if error else None,
-            "settings": "pgai defaults: processing batch_size 50, concurrency 1", "version": pgai.__version__}
+            "settings": (f"pgai processing batch_size {a['batch_size']}, concurrency {a['concurrency']}"
+                         if "batch_size" in a else "pgai defaults: processing batch_size 50, concurrency 1"),
+            "version": pgai.__version__}
 
 
 if __name__ == "__main__":

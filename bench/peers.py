@@ -40,12 +40,16 @@ from embedding_pipeline.providers import build_provider
 
 HERE = Path(__file__).parent
 MODEL = "multilingual-e5-small-passage"
-# pgai's [vectorizer-worker] extra also pulls docling, torch, google-cloud-aiplatform and boto3, which only
-# its PDF parsing and other providers import (lazily); these are what its OpenAI path imports.
+# Each peer's install, in steps (one pip call each). pgai's [vectorizer-worker] extra also pulls
+# docling, torch, google-cloud-aiplatform and boto3, which only its PDF parsing and other providers
+# import (lazily); these are what its OpenAI path imports.
 PEERS = {
-    "pgai": ["pgai==0.12.1", "openai>=1.44,<2", "tiktoken>=0.7,<1", "pgvector>=0.3,<1", "filetype==1.2.0",
-             "langchain-text-splitters>=0.2,<1", "ijson>=3.3", "exceptiongroup>=1,<2", "tokenizers", "numpy"],
-    "langchain": ["langchain-postgres", "langchain-openai", "psycopg[binary]"],
+    "pgai": [["pgai==0.12.1", "openai>=1.44,<2", "tiktoken>=0.7,<1", "pgvector>=0.3,<1", "filetype==1.2.0",
+              "langchain-text-splitters>=0.2,<1", "ijson>=3.3", "exceptiongroup>=1,<2", "tokenizers", "numpy"]],
+    "langchain": [["langchain-postgres", "langchain-openai", "psycopg[binary]"]],
+    # The batching server of peers_batching. torch first, pinned: the CPU wheel on this disk;
+    # left to infinity-emb's own requirement pip would fetch a CUDA build of several GB.
+    "infinity": [["torch==2.13.0"], ["infinity-emb[server,torch]==0.0.78"]],
 }
 
 
@@ -54,16 +58,17 @@ def ensure_venv(name: str, log=print) -> Path:
     venv = WORK / "venvs" / name
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
-    wanted = " ".join(PEERS[name])
+    wanted = json.dumps(PEERS[name])
     if stamp.exists() and stamp.read_text() == wanted:
         return python
     log(f"peers: installing {name} into {venv} (first run only)")
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PEERS[name]],
-                          capture_output=True, text=True, timeout=1200)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pip install {' '.join(PEERS[name])} failed: {proc.stderr[-1500:]}")
+    for step in PEERS[name]:
+        proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *step],
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip install {' '.join(step)} failed: {proc.stderr[-1500:]}")
     stamp.write_text(wanted)
     return python
 

@@ -21,7 +21,7 @@ def test_quick_write_benchmark_writes_results_and_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
     assert isinstance(results["write_vs_copy"], float) and results["write_vs_copy"] > 0
-    for key in ("reembed_vs_encode", "rss_1m_vs_10k", "incremental_vs_full", "peer_ratio"):
+    for key in ("reembed_vs_encode", "rss_1m_vs_10k", "incremental_vs_full", "peer_ratio_defaults", "peer_ratio_best"):
         assert key in results
     for key in ("drift_version_vs_groupby", "drift_full_vs_sql", "drift_incremental_vs_full"):
         assert isinstance(results[key], float) and results[key] > 0, results["details"].get("drift")
