@@ -1,9 +1,10 @@
 """drift: the three drift modes against their baselines, at 1M rows (1% changed, capture trigger on).
 
-``coverage.space_counts`` answers eligible / stored / covered / stale / orphans in one FULL
-JOIN of the eligible source rows with the space table, recomputing each row's content hash
-(sha256 over the space fingerprint and the text) to find stale vectors, then a second scan of
-the space table for the ``model_version`` distribution. The baseline is that second scan alone.
+version: ``collect(mode='version')`` against a bare ``GROUP BY model_version``. full: the engine's
+full check against the minimal single statement computing the same numbers (``minimal_sql``).
+incremental: the check from the capture queue (the trigger's per-row eligibility and digests,
+then the space table by key) against the full check; and what the trigger adds to the
+application's writes (``_trigger_write_cost``).
 
 The space table is filled server-side (vectors from a 4,096-vector pool table) and 1% of the
 source is then edited, so the stale count is non-zero. After a warm-up, contenders alternate.
@@ -99,6 +100,30 @@ def minimal_sql(cfg, tbl) -> sql.Composed:
                                                                  sql.SQL("s.content"))), el=el, tbl=tbl)
 
 
+def _trigger_write_cost(conn, changed: float, repeats: int) -> dict:
+    """What the capture trigger (with its digests) adds to the application's writes: the same UPDATE of
+    ``changed`` of the rows (rows not edited before) with the trigger on and off, each rolled back."""
+    from embedding_pipeline.embeddings.capture import trigger_name
+
+    step = max(1, round(1 / changed))
+    update = sql.SQL("UPDATE public.documents SET content = content || ' (w)', updated_at = now() "
+                     "WHERE mod(right(id, 7)::int, {}) = 1").format(sql.Literal(step))
+    off = sql.SQL("ALTER TABLE public.documents DISABLE TRIGGER {}").format(sql.Identifier(trigger_name(SOURCE)))
+    t: dict[str, list[float]] = {"trigger": [], "no_trigger": []}
+    rows = 0
+    for _ in range(repeats):
+        for label in ("no_trigger", "trigger"):
+            with conn.transaction(force_rollback=True):
+                if label == "no_trigger":
+                    conn.execute(off)
+                started = time.perf_counter()
+                rows = conn.execute(update).rowcount
+                t[label].append(time.perf_counter() - started)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    return {"rows": rows, "seconds": {k: summary(v, 4) for k, v in t.items()},
+            "added_us_per_row": round(1e6 * (med["trigger"] - med["no_trigger"]) / max(rows, 1), 1)}
+
+
 def _collect_seconds(conn, cfg, mode: str):
     t = time.perf_counter()
     drifts = collect(conn, cfg, SOURCE, mode=mode)
@@ -154,6 +179,7 @@ def run(*, rows: int = 1_000_000, repeats: int = 3, changed: float = 0.01, with_
             t["incremental"].append(_collect_seconds(conn, cfg, "incremental")[0])
             log(f"drift run {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in t.items()))
         d["seconds"] = {k: summary(v, 4) for k, v in t.items()}
+        d["app_write_cost"] = _trigger_write_cost(conn, changed, repeats)
         d["explain_minimal_sql"] = "\n".join(r[0] for r in conn.execute(
             sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(minimal)).fetchall())
         conn.commit()

@@ -138,8 +138,38 @@ def test_trigger_queues_only_changes_that_matter(db, env):
         w.execute("DELETE FROM documents WHERE id = %s", (ids[4],))
         w.execute("UPDATE documents SET id = 'renamed' WHERE id = %s", (ids[5],))
         w.execute("INSERT INTO documents (id, content) VALUES ('fresh', 'hello')")
+        w.execute("UPDATE documents SET content = ' ' WHERE id = %s", (ids[6],))
     assert _queue(db, cfg) == [(ids[2], "U"), (ids[2], "U"), (ids[3], "U"), (ids[4], "D"), (ids[5], "D"),
-                               ("renamed", "U"), ("fresh", "I")]
+                               ("renamed", "U"), ("fresh", "I"), (ids[6], "U")]
+    # Each entry says what the row is now, and hashes eligible rows as the engine does, for every space.
+    with db.connect() as conn:
+        said = conn.execute(sql.SQL("SELECT eligible, digests FROM {} ORDER BY id").format(
+            sql.Identifier(cfg.project_schema, "change_queue"))).fetchall()
+        engine = [conn.execute(sql.SQL("SELECT encode({}, 'hex')").format(cfg.space(n).content_hash(sql.Literal(
+            "changed")))).fetchone()[0] for n in cfg.spaces_for("documents")]
+    assert [e for e, _ in said] == [False, True, True, False, False, True, True, False]
+    assert [d is None for _, d in said] == [True, False, False, True, True, False, False, True]
+    assert sorted(said[2][1].values()) == sorted(engine) and engine
+
+
+def test_a_space_configured_after_enable_gets_its_digests_at_the_next_consume(db, configure, provider_cache,
+                                                                               prepared_source):
+    """The trigger hashes for the spaces configured when it was installed; status names the others, and the
+    next consume replaces the function so that later entries carry theirs too."""
+    before = configure(source={"spaces": []})
+    after = configure(source={"spaces": [SPACE]})
+    ids = prepared_source(["minilm", SPACE], 3, cfg=after).ids
+    with db.connect() as conn:
+        enable_capture(conn, before, "documents", mode="trigger")
+        assert capture_status(conn, after, "documents")["digests_missing"] == [SPACE]
+    provider_for = provider_cache.for_config(after)
+    consume(db, after, "documents", provider_for)
+    with db.connect() as conn:
+        assert capture_status(conn, after, "documents")["digests_missing"] == []
+        conn.execute("UPDATE documents SET content = 'new words' WHERE id = %s", (ids[0],))
+        digests = conn.execute(sql.SQL("SELECT digests FROM {} ORDER BY id DESC LIMIT 1").format(
+            sql.Identifier(after.project_schema, "change_queue"))).fetchone()[0]
+    assert after.space(SPACE).fingerprint in digests
 
 
 def test_two_consumers_never_share_entries(db, env):
@@ -249,15 +279,21 @@ def test_cursor_mode_without_trigger(db, env):
 
 
 def test_state_table_of_an_earlier_install_is_upgraded(db, env):
-    """A capture_state created before the cursor's safe point and reconcile gains their columns, in place."""
+    """A capture_state created before the cursor's safe point and reconcile, and a queue created before the
+    trigger's digests, gain their columns in place."""
     cfg, _, make = env
     make(3)
     with db.connect(autocommit=True) as admin:
         ensure_capture_tables(admin, cfg.project_schema)
         admin.execute("ALTER TABLE embedding_pipeline.capture_state DROP COLUMN scan_from, DROP COLUMN reconciled_at")
+        admin.execute("ALTER TABLE embedding_pipeline.change_queue DROP COLUMN eligible, DROP COLUMN digests")
     with db.connect() as conn:
         status = enable_capture(conn, cfg, "documents", mode="cursor")
+        queue_cols = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'embedding_pipeline' AND table_name = 'change_queue'")}
     assert status["scan_from"] is not None and status["reconciled_at"] is not None
+    assert {"eligible", "digests"} <= queue_cols
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ def _line(s: dict) -> str:
     elif s["mode"] == "trigger":
         state = f"trigger since {s['enabled_at']:%Y-%m-%d %H:%M:%S%z}" + ("" if s["trigger_installed"]
                                                                        else " (TRIGGER MISSING: run capture enable)")
+        if s.get("digests_missing"):
+            state += (f" (no queue digests for {', '.join(s['digests_missing'])} yet: the next consume or "
+                      "capture enable adds them)")
     else:
         state = f"cursor, high-water mark {s['high_water']}, last reconcile {s['reconciled_at']}"
     warnings = "".join(f"\n  warning: {w}" for w in s.get("warnings", []))

@@ -39,8 +39,13 @@ _DDL = [
 ]
 # Cursor completeness (scan_from: the previous poll's safe point; reconciled_at: the last content-hash
 # reconcile) came later: a state table created before gets the columns the first time capture runs.
+# So did what a trigger entry says of the row now (eligible, and its content hash per space fingerprint:
+# see embeddings.queries.trigger_function_body); NULL on the cursor's, the lazy path's and older entries,
+# which the incremental drift check then reads from the source instead.
 _UPGRADE = ["ALTER TABLE {s}.capture_state ADD COLUMN IF NOT EXISTS scan_from timestamptz",
-            "ALTER TABLE {s}.capture_state ADD COLUMN IF NOT EXISTS reconciled_at timestamptz"]
+            "ALTER TABLE {s}.capture_state ADD COLUMN IF NOT EXISTS reconciled_at timestamptz",
+            "ALTER TABLE {s}.change_queue ADD COLUMN IF NOT EXISTS eligible boolean",
+            "ALTER TABLE {s}.change_queue ADD COLUMN IF NOT EXISTS digests jsonb"]
 
 
 def ensure_capture_tables(conn, schema: str) -> None:
@@ -55,7 +60,8 @@ def ensure_capture_tables(conn, schema: str) -> None:
 
 
 def _upgraded(conn, schema: str) -> bool:
-    return conn.execute(queries.column_exists(), (schema, STATE, "reconciled_at")).fetchone()[0]
+    return (conn.execute(queries.column_exists(), (schema, STATE, "reconciled_at")).fetchone()[0]
+            and conn.execute(queries.column_exists(), (schema, QUEUE, "digests")).fetchone()[0])
 
 
 def capture_mode(conn, schema: str, source: str, lock: bool = False):

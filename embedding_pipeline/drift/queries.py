@@ -111,14 +111,6 @@ def select_trigger_capture(state: sql.Identifier) -> sql.Composed:
         "AND t.tgenabled <> 'D')").format(state)
 
 
-def select_changed_ids(queue: sql.Identifier, schema: str) -> sql.Composed:
-    """Params: ``{"src", "space"}``; ids (text) queued for the source, or refused for the space."""
-    return sql.SQL(
-        "SELECT source_id FROM {q} WHERE source = %(src)s UNION ALL "
-        "SELECT source_id FROM {r} WHERE source = %(src)s AND space = %(space)s").format(
-            q=queue, r=sql.Identifier(schema, "refused_rows"))
-
-
 def clock() -> sql.SQL:
     return sql.SQL("SELECT clock_timestamp()")
 

@@ -15,8 +15,10 @@ Cost per (source, space), by mode (see ``collect``; measured in docs/benchmarks.
   side is a sequential scan hashing every content (sha256, CPU-bound, about a second per
   million short rows); the space side reads the covering primary key (source_id INCLUDE
   model_version, content_sha256) index-only once the table is vacuumed.
-- incremental: the capture queue's ids (and refused rows) probed by key on both tables:
-  O(changes); the version is proved by the validated CHECK constraint (catalog), else counted.
+- incremental: the capture queue's rows (and refused rows): O(changes). The trigger wrote with
+  each change whether the row is eligible and its content hash per space, so only the space
+  table is probed by key; rows without that (cursor, lazy, older entries) are read from the
+  source by key too. The version is proved by the validated CHECK constraint (catalog), else counted.
 - version: one GROUP BY model_version over the space table (index-only on the covering key).
 - legacy column: one sequential scan of the source; ``count(column)`` reads the NULL bitmap
   only and never detoasts a vector.
@@ -225,9 +227,8 @@ def _incremental(conn, config: PipelineConfig, src: SourceTable, b: Binding,
     if stale or orphans or coverage < 1.0:
         return None, None, (f"incremental not possible: the last full check ({at:%Y-%m-%d %H:%M}) was not clean "
                             f"(stale {stale}, orphans {orphans}, coverage {coverage:.6f})")
-    n_ids, _, missing, n_stale, n_orphans = changed_counts(
-        conn, config, src, b.space, queries.select_changed_ids(sql.Identifier(schema, QUEUE), schema),
-        {"src": src.name, "space": b.space})
+    n_ids, _, missing, n_stale, n_orphans, n_read = changed_counts(
+        conn, config, src, b.space, sql.Identifier(schema, QUEUE), sql.Identifier(schema, "refused_rows"))
     resolved = config.space(b.space)
     table = resolved.on(src)
     counts = SpaceCounts(src.name, b.space, "table", table.qualified, expected_version=resolved.model_version,
@@ -237,8 +238,11 @@ def _incremental(conn, config: PipelineConfig, src: SourceTable, b: Binding,
     # stale and orphans are exact (the full check found none; only these rows can have changed since).
     counts.eligible, counts.stored = eligible, stored
     counts.covered, counts.stale, counts.orphans = max(eligible - missing, 0), n_stale, n_orphans
+    # Rows read from the source had no trigger digest for this space (see changed_counts); when a whole space
+    # lacks them, its fingerprint postdates the trigger: `capture enable` again brings it in.
+    read = f"; {n_read} of them read from the source (no trigger digest for this space)" if n_read else ""
     return counts, n_ids, (f"from capture: {n_ids} changed row(s) probed on top of the full check of "
-                              f"{at:%Y-%m-%d %H:%M} (eligible/stored as of then)")
+                              f"{at:%Y-%m-%d %H:%M} (eligible/stored as of then){read}")
 
 
 def _relation_exists(conn, schema: str, name: str) -> bool:

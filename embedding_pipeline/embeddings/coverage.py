@@ -96,14 +96,16 @@ def version_counts(conn, config: PipelineConfig, source: SourceTable, space: str
     return counts
 
 
-def changed_counts(conn, config: PipelineConfig, source: SourceTable, space: str, ids: sql.Composable,
-                   params: dict) -> tuple[int, ...]:
-    """(rows, eligible, missing, stale, orphans) among the rows whose text ids the query ``ids`` (with
-    ``params``) selects: O(rows) index probes, the ids never leaving the server."""
+def changed_counts(conn, config: PipelineConfig, source: SourceTable, space: str, queue: sql.Identifier,
+                   refused: sql.Identifier) -> tuple[int, ...]:
+    """(rows, eligible, missing, stale, orphans, rows read from the source) among the rows the change
+    ``queue`` holds for the source or ``refused`` holds for the space: O(rows) index probes, and the
+    source is read only for rows whose latest entry carries no trigger digest for this space."""
     resolved = config.space(space)
     return conn.execute(queries.changed_counts(source.eligible_rows(), resolved.on(source).ident,
-                                               resolved.content_hash(sql.SQL("s.content")), source.id_type, ids),
-                        params).fetchone()
+                                               resolved.content_hash(sql.SQL("s0.content")), source.id_type,
+                                               queue, refused),
+                        {"src": source.name, "space": space, "fp": resolved.fingerprint}).fetchone()
 
 
 def _table_header(conn, config: PipelineConfig, source: SourceTable, space: str):

@@ -26,6 +26,7 @@ from embedding_pipeline.spaces.queries import (  # noqa: F401 (set_lock_timeout:
     row_filter_sql,
     set_lock_timeout,
 )
+from embedding_pipeline.spaces.model import hash_expr
 
 
 # ---------------------------------------------------------------- shards
@@ -215,21 +216,36 @@ def vacuum_analyze(table: sql.Identifier) -> sql.Composed:
 
 
 def trigger_function_body(queue: sql.Identifier, source: str, id_column: str, text_column: str,
-                          row_filter: str | None, table: str) -> sql.Composed:
+                          row_filter: str | None, table: str, fingerprints: list[str]) -> sql.Composed:
     """The plpgsql body that queues a source row's changes; render it and pass it to ``create_trigger_function``.
 
     An UPDATE is queued when the id or the text changed, or when the row filter's verdict flipped.
     The filter reads bare column names: it is evaluated over OLD / NEW as one-row relations named
     like the table, so ``documents.deleted_at IS NULL`` works too.
+
+    Each entry also says what the row is now, so the incremental drift check never has to read the
+    source again: ``eligible`` (filter passes and the text is not blank; false for a delete) and,
+    when eligible, ``digests``: the row's content hash under each space fingerprint in
+    ``fingerprints`` (the spaces bound to the source when capture was enabled), computed exactly as
+    the engine hashes (``hash_expr``). What it adds to every application write: the filter read
+    once more and one sha256 of the text per fingerprint.
     """
-    ins = sql.SQL("INSERT INTO {q} (source, source_id, op) VALUES ({src}, ").format(q=queue, src=sql.Literal(source))
+    cols = sql.SQL("INSERT INTO {q} (source, source_id, op, eligible, digests) VALUES ({src}, ").format(
+        q=queue, src=sql.Literal(source))
+    txt = sql.Identifier(text_column)
     if row_filter:
         verdict = sql.SQL(
             "SELECT coalesce(({f}), false) INTO _ep_was FROM (SELECT OLD.*) AS {a};\n"
             "      SELECT coalesce(({f}), false) INTO _ep_now FROM (SELECT NEW.*) AS {a};\n"
             "      IF _ep_was = _ep_now THEN RETURN NULL; END IF;").format(f=sql.SQL(row_filter), a=sql.Identifier(table))
+        now = sql.SQL("SELECT coalesce(({f}), false) INTO _ep_now FROM (SELECT NEW.*) AS {a};").format(
+            f=sql.SQL(row_filter), a=sql.Identifier(table))
     else:
         verdict = sql.SQL("RETURN NULL;")
+        now = sql.SQL("_ep_now := true;")
+    pairs = sql.SQL(", ").join(
+        sql.SQL("{fp}, encode({h}, 'hex')").format(fp=sql.Literal(fp), h=hash_expr(fp, sql.SQL("NEW.{}").format(txt)))
+        for fp in fingerprints)
     return sql.SQL("""
 #variable_conflict use_column
 DECLARE
@@ -237,20 +253,23 @@ DECLARE
   _ep_now boolean;
 BEGIN
   IF TG_OP = 'DELETE' THEN
-    {ins}OLD.{id}::text, 'D');
+    {ins}OLD.{id}::text, 'D', false, NULL);
     RETURN NULL;
   END IF;
   IF TG_OP = 'UPDATE' THEN
     IF OLD.{id} IS DISTINCT FROM NEW.{id} THEN
-      {ins}OLD.{id}::text, 'D');
+      {ins}OLD.{id}::text, 'D', false, NULL);
     ELSIF OLD.{txt} IS NOT DISTINCT FROM NEW.{txt} THEN
       {verdict}
     END IF;
   END IF;
-  {ins}NEW.{id}::text, left(TG_OP, 1));
+  {now}
+  _ep_now := _ep_now AND coalesce(NEW.{txt} {has_text}, false);
+  {ins}NEW.{id}::text, left(TG_OP, 1), _ep_now, CASE WHEN _ep_now THEN jsonb_build_object({pairs}) END);
   RETURN NULL;
 END
-""").format(ins=ins, id=sql.Identifier(id_column), txt=sql.Identifier(text_column), verdict=verdict)
+""").format(ins=cols, id=sql.Identifier(id_column), txt=txt, verdict=verdict, now=now, has_text=sql.SQL(HAS_TEXT),
+            pairs=pairs)
 
 
 def create_trigger_function(function: sql.Identifier, body: str) -> sql.Composed:
@@ -277,6 +296,12 @@ def drop_function(function: sql.Identifier) -> sql.Composed:
 def has_trigger() -> sql.SQL:
     """Params: the table's qualified name as text, trigger name."""
     return sql.SQL("SELECT count(*) > 0 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s")
+
+
+def select_function_source() -> sql.SQL:
+    """Params: schema, function name; its plpgsql source (no row when it does not exist)."""
+    return sql.SQL("SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                   "WHERE n.nspname = %s AND p.proname = %s")
 
 
 def count_functions() -> sql.SQL:
@@ -448,21 +473,34 @@ def table_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Compo
 
 
 def changed_counts(eligible: sql.Composable, table: sql.Identifier, sha: sql.Composable, id_type: str,
-                   ids: sql.Composable) -> sql.Composed:
-    """Among the rows whose ids (text) ``ids`` selects, only: (rows, eligible, missing, stale, orphans).
+                   queue: sql.Identifier, refused: sql.Identifier) -> sql.Composed:
+    """Params ``{"src", "space", "fp"}``; among the rows queued for the source or refused for the space,
+    only: (rows, eligible, missing, stale, orphans, rows read from the source).
 
-    The ids are gathered once into an array on the server and both sides are read by key (``= ANY``),
-    so the cost follows the number of ids, never the tables; no id travels to the client.
+    ``eligible``: the source's eligible-rows subquery; ``sha``: the space's content hash over ``s0.content``.
+    A row's latest queue entry, when the trigger wrote it, already says whether the row is eligible and its
+    hash under the space fingerprint ``fp`` (``trigger_function_body``): the source is read by key only for
+    the rest (cursor, lazy and older entries, refused rows no longer queued, spaces added after capture was
+    enabled). The space table is read by key for all of them. The ids never leave the server.
     """
     return sql.SQL(
-        "WITH c AS MATERIALIZED (SELECT coalesce(array_agg(DISTINCT i.id::{idt}), '{{}}') AS a FROM ({ids}) i(id)) "
-        "SELECT (SELECT cardinality(a) FROM c), count(s.id), "
+        "WITH q AS MATERIALIZED (SELECT DISTINCT ON (cq.source_id) cq.source_id AS id, cq.eligible, "
+        "cq.digests ->> %(fp)s AS d FROM {q} cq WHERE cq.source = %(src)s ORDER BY cq.source_id, cq.id DESC), "
+        "i AS MATERIALIZED (SELECT u.id::{idt} AS id, q.eligible, q.d, "
+        "(q.eligible IS FALSE OR q.d IS NOT NULL) AS known "
+        "FROM (SELECT id FROM q UNION SELECT source_id FROM {r} WHERE source = %(src)s AND space = %(space)s) u "
+        "LEFT JOIN q ON q.id = u.id), "
+        "c AS MATERIALIZED (SELECT coalesce(array_agg(id), '{{}}') AS every, "
+        "coalesce(array_agg(id) FILTER (WHERE NOT known), '{{}}') AS probe FROM i) "
+        "SELECT (SELECT count(*) FROM i), count(s.id), "
         "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NULL), "
-        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> {h}), "
-        "count(*) FILTER (WHERE s.id IS NULL) "
-        "FROM (SELECT * FROM ({eligible}) s0 WHERE s0.id = ANY((SELECT a FROM c)::{idt}[])) s "
-        "FULL JOIN (SELECT source_id, content_sha256 FROM {tbl} WHERE source_id = ANY((SELECT a FROM c)::{idt}[])) e "
-        "ON e.source_id = s.id").format(h=sha, eligible=eligible, tbl=table, idt=sql.SQL(id_type), ids=ids)
+        "count(*) FILTER (WHERE s.id IS NOT NULL AND e.source_id IS NOT NULL AND e.content_sha256 <> s.sha), "
+        "count(*) FILTER (WHERE s.id IS NULL), (SELECT cardinality(probe) FROM c) "
+        "FROM (SELECT s0.id, {h} AS sha FROM ({eligible}) s0 WHERE s0.id = ANY((SELECT probe FROM c)::{idt}[]) "
+        "UNION ALL SELECT id, decode(d, 'hex') FROM i WHERE known AND eligible) s "
+        "FULL JOIN (SELECT source_id, content_sha256 FROM {tbl} "
+        "WHERE source_id = ANY((SELECT every FROM c)::{idt}[])) e "
+        "ON e.source_id = s.id").format(h=sha, eligible=eligible, tbl=table, idt=sql.SQL(id_type), q=queue, r=refused)
 
 
 def count_versions(table: sql.Identifier) -> sql.Composed:
