@@ -28,6 +28,7 @@ from embedding_pipeline.embeddings.capture import (
     consume,
     disable_capture,
     enable_capture,
+    refresh_digests,
 )
 from embedding_pipeline.embeddings.coverage import space_counts
 from embedding_pipeline.embeddings.reembed import reembed
@@ -153,15 +154,32 @@ def test_trigger_queues_only_changes_that_matter(db, env):
 
 
 def test_a_space_configured_after_enable_gets_its_digests_at_the_next_consume(db, configure, provider_cache,
-                                                                               prepared_source):
+                                                                               prepared_source, log_lines):
     """The trigger hashes for the spaces configured when it was installed; status names the others, and the
-    next consume replaces the function so that later entries carry theirs too."""
+    next consume replaces the function so that later entries carry theirs too (a role that may not replace
+    it is told who can, and goes on)."""
     before = configure(source={"spaces": []})
     after = configure(source={"spaces": [SPACE]})
     ids = prepared_source(["minilm", SPACE], 3, cfg=after).ids
     with db.connect() as conn:
         enable_capture(conn, before, "documents", mode="trigger")
         assert capture_status(conn, after, "documents")["digests_missing"] == [SPACE]
+    logger, lines = log_lines
+    role = f"ep_consumer_{uuid.uuid4().hex[:8]}"
+    with db.connect(autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(after.project_schema),
+                                                                      sql.Identifier(role)))
+        try:
+            with db.connect() as conn:
+                src = inspect_source(conn, "documents", after.source("documents"))
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+                refresh_digests(conn, after, src, logger)
+                conn.commit()
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert any(f"hashes none of {SPACE}" in line and "capture enable --source documents" in line for line in lines)
     provider_for = provider_cache.for_config(after)
     consume(db, after, "documents", provider_for)
     with db.connect() as conn:

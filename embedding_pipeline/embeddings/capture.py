@@ -42,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from embedding_pipeline.config import PipelineConfig
+from embedding_pipeline.db import queries as db_queries
 from embedding_pipeline.db.audit import record_audit
 from embedding_pipeline.db.connection import column_types, table_exists
 from embedding_pipeline.db.queue import (
@@ -53,6 +54,7 @@ from embedding_pipeline.db.queue import (
     ensure_capture_tables,
     queue_stats,
 )
+from embedding_pipeline.db.schema import SCHEMA_LOCK
 from embedding_pipeline.embeddings import queries
 from embedding_pipeline.embeddings.reembed import (
     RunInProgress,
@@ -96,13 +98,26 @@ def digest_gaps(conn, config: PipelineConfig, source: str) -> list[str]:
     return [n for n in config.spaces_for(source) if config.space(n).fingerprint not in row[0]]
 
 
-def _refresh_digests(conn, config: PipelineConfig, src: SourceTable, logger) -> None:
+def refresh_digests(conn, config: PipelineConfig, src: SourceTable, logger) -> None:
+    """Replace the trigger's function when a configured space has no digests in it (consume calls this)."""
     # Without its digests a new space's rows are read from the source by the incremental drift check:
     # correct, only slower. Replacing the function locks nothing the application's writes wait on.
-    missing = digest_gaps(conn, config, src.name)
-    if missing:
-        conn.execute(_function_ddl(conn, config, src))
-        logger.info(f"capture trigger of {src.qualified}: now also hashes for {', '.join(missing)}")
+    if not digest_gaps(conn, config, src.name):
+        return
+    try:
+        with conn.transaction():
+            # Concurrent consumers would both replace it ("tuple concurrently updated"): one does, under the lock.
+            conn.execute(db_queries.lock_schema(), (SCHEMA_LOCK,))
+            missing = digest_gaps(conn, config, src.name)
+            if missing:
+                conn.execute(_function_ddl(conn, config, src))
+                logger.info(f"capture trigger of {src.qualified}: now also hashes for {', '.join(missing)}")
+    except psycopg.errors.InsufficientPrivilege:
+        # Another role installed the trigger: nothing is lost, the drift check only reads more.
+        gaps = ", ".join(digest_gaps(conn, config, src.name))
+        logger.warning(f"capture trigger of {src.qualified} hashes none of {gaps} and this role may not replace "
+                       f"its function: run `embedding-pipeline capture enable --source {src.name}` as the role "
+                       "that enabled capture")
 
 
 def _writer_roles(conn, source: SourceTable) -> list[str | None]:
@@ -368,7 +383,7 @@ def consume(db, config: PipelineConfig, source: str, provider_for, *, limit: int
             result["reconciled"] = reconcile(db, config, source, logger=logger)
         spaces = target_spaces(conn, config, source)
         src = inspect_source(conn, source, config.source(source))
-        _refresh_digests(conn, config, src, logger)
+        refresh_digests(conn, config, src, logger)
         conn.commit()
         try:
             with conn.transaction():
