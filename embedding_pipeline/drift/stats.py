@@ -239,7 +239,7 @@ def _incremental(conn, config: PipelineConfig, src: SourceTable, b: Binding,
     counts.eligible, counts.stored = eligible, stored
     counts.covered, counts.stale, counts.orphans = max(eligible - missing, 0), n_stale, n_orphans
     # Rows read from the source had no trigger digest for this space (see changed_counts); when a whole space
-    # lacks them, its fingerprint postdates the trigger: `capture enable` again brings it in.
+    # lacks them, its fingerprint postdates the trigger's function: the next consume rewrites it.
     read = f"; {n_read} of them read from the source (no trigger digest for this space)" if n_read else ""
     return counts, n_ids, (f"from capture: {n_ids} changed row(s) probed on top of the full check of "
                               f"{at:%Y-%m-%d %H:%M} (eligible/stored as of then){read}")

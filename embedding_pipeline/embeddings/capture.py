@@ -80,8 +80,8 @@ def trigger_name(source: str) -> str:
 
 def _function_ddl(conn, config: PipelineConfig, source: SourceTable) -> sql.Composed:
     c = source.cfg
-    # The digests cover the spaces bound now; a space added later is read from the source by the incremental
-    # drift check until `capture enable` runs again (it replaces the function, nothing else).
+    # The digests cover the spaces configured now; a space added later is read from the source by the
+    # incremental drift check until the next consume (refresh_digests) or `capture enable` rewrites this.
     fingerprints = [config.space(name).fingerprint for name in config.spaces_for(source.name)]
     body = queries.trigger_function_body(sql.Identifier(config.project_schema, QUEUE), source.name, c.id_column,
                                          c.text_column, c.row_filter, c.table, fingerprints)
@@ -102,7 +102,8 @@ def refresh_digests(conn, config: PipelineConfig, src: SourceTable, logger) -> N
     """Replace the trigger's function when a configured space has no digests in it (consume calls this)."""
     # Without its digests a new space's rows are read from the source by the incremental drift check:
     # correct, only slower. Replacing the function locks nothing the application's writes wait on.
-    if not digest_gaps(conn, config, src.name):
+    gaps = digest_gaps(conn, config, src.name)
+    if not gaps:
         return
     try:
         with conn.transaction():
@@ -114,8 +115,7 @@ def refresh_digests(conn, config: PipelineConfig, src: SourceTable, logger) -> N
                 logger.info(f"capture trigger of {src.qualified}: now also hashes for {', '.join(missing)}")
     except psycopg.errors.InsufficientPrivilege:
         # Another role installed the trigger: nothing is lost, the drift check only reads more.
-        gaps = ", ".join(digest_gaps(conn, config, src.name))
-        logger.warning(f"capture trigger of {src.qualified} hashes none of {gaps} and this role may not replace "
+        logger.warning(f"capture trigger of {src.qualified} hashes none of {', '.join(gaps)} and this role may not replace "
                        f"its function: run `embedding-pipeline capture enable --source {src.name}` as the role "
                        "that enabled capture")
 

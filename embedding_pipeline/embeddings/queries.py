@@ -226,17 +226,17 @@ def trigger_function_body(queue: sql.Identifier, source: str, id_column: str, te
     Each entry also says what the row is now, so the incremental drift check never has to read the
     source again: ``eligible`` (filter passes and the text is not blank; false for a delete) and,
     when eligible, ``digests``: the row's content hash under each space fingerprint in
-    ``fingerprints`` (the spaces bound to the source when capture was enabled), computed exactly as
-    the engine hashes (``hash_expr``). What it adds to every application write: the filter read
-    once more and one sha256 of the text per fingerprint.
+    ``fingerprints`` (the spaces configured when the function was last written), computed exactly as
+    the engine hashes (``hash_expr``). What it adds to every queued write: the insert's two columns
+    and one sha256 of the text per fingerprint (NEW's filter verdict was read before too).
     """
     cols = sql.SQL("INSERT INTO {q} (source, source_id, op, eligible, digests) VALUES ({src}, ").format(
         q=queue, src=sql.Literal(source))
     txt = sql.Identifier(text_column)
     if row_filter:
+        # NEW's verdict is read once, before the branches: the UPDATE test compares it and the entry records it.
         verdict = sql.SQL(
             "SELECT coalesce(({f}), false) INTO _ep_was FROM (SELECT OLD.*) AS {a};\n"
-            "      SELECT coalesce(({f}), false) INTO _ep_now FROM (SELECT NEW.*) AS {a};\n"
             "      IF _ep_was = _ep_now THEN RETURN NULL; END IF;").format(f=sql.SQL(row_filter), a=sql.Identifier(table))
         now = sql.SQL("SELECT coalesce(({f}), false) INTO _ep_now FROM (SELECT NEW.*) AS {a};").format(
             f=sql.SQL(row_filter), a=sql.Identifier(table))
@@ -256,6 +256,7 @@ BEGIN
     {ins}OLD.{id}::text, 'D', false, NULL);
     RETURN NULL;
   END IF;
+  {now}
   IF TG_OP = 'UPDATE' THEN
     IF OLD.{id} IS DISTINCT FROM NEW.{id} THEN
       {ins}OLD.{id}::text, 'D', false, NULL);
@@ -263,7 +264,6 @@ BEGIN
       {verdict}
     END IF;
   END IF;
-  {now}
   _ep_now := _ep_now AND coalesce(NEW.{txt} {has_text}, false);
   {ins}NEW.{id}::text, left(TG_OP, 1), _ep_now, CASE WHEN _ep_now THEN jsonb_build_object({pairs}) END);
   RETURN NULL;
